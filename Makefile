@@ -28,7 +28,7 @@ browser:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 test: venv browser
-	$(VPY) -m pytest
+	$(VENV)/bin/pytest
 
 demo: venv
 	$(VPY) -m hp3_core demo

