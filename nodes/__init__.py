@@ -4,6 +4,7 @@ No method code lives here; every node converts ComfyUI types and calls :mod:`hp3
 Node type names (the keys below) are stored in users' workflows: never rename one.
 """
 from . import model_folders
+from .head3d_nodes import HP3HeadRetarget, HP3ReconstructorLoader
 from .hp3_model_nodes import HP3ModelInfo, HP3ModelLoader
 
 model_folders.register()
@@ -11,9 +12,13 @@ model_folders.register()
 NODE_CLASS_MAPPINGS = {
     "HP3ModelLoader": HP3ModelLoader,
     "HP3ModelInfo": HP3ModelInfo,
+    "HP3ReconstructorLoader": HP3ReconstructorLoader,
+    "HP3HeadRetarget": HP3HeadRetarget,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "HP3ModelLoader": "Load HP3 Model",
     "HP3ModelInfo": "HP3 Model Info",
+    "HP3ReconstructorLoader": "Load HP3 3D Reconstructor",
+    "HP3HeadRetarget": "HP3 3D Head Retarget",
 }

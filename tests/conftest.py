@@ -8,6 +8,7 @@ tests that need them skip with a clear message when ``../shared/assets`` is miss
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,10 @@ def server_models(tmp_path_factory) -> dict[str, Path]:
 
 
 def start_server(host_dir: Path, tmp: Path, yaml_path: Path | None = None) -> ComfyServer:
+    """Start a server whose input folder holds the workflows' sample images."""
+    (tmp / "input").mkdir(parents=True, exist_ok=True)
+    for image in (REPO / "workflows" / "inputs").glob("*.jpg"):
+        shutil.copyfile(image, tmp / "input" / image.name)
     server = ComfyServer(host_dir, extra_model_paths=[yaml_path] if yaml_path else [],
                          output_dir=tmp / "output", input_dir=tmp / "input", temp_dir=tmp,
                          log_path=tmp / "server.log")

@@ -7,6 +7,8 @@ import pytest
 STABLE_NODE_TYPES = {
     "HP3ModelLoader",
     "HP3ModelInfo",
+    "HP3ReconstructorLoader",
+    "HP3HeadRetarget",
 }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.workflow_api import ui_to_api
+from hp3_core.comfy_workflow import ui_to_api
 from hp3_core.comfy_server import ComfyServerError, execution_error
 
 pytestmark = pytest.mark.server
@@ -62,3 +62,32 @@ def test_demo_check_starts_the_host_with_the_pack(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("ok: ") and "HP3 nodes loaded" in out.stdout
     assert (tmp_path / "host" / "models" / "hp3").is_dir()
+
+
+def test_retarget_workflow_writes_the_four_maps(comfy_server):
+    wf = json.loads((REPO / "workflows" / "hp3_retarget.json").read_text())
+    entry = comfy_server.run(ui_to_api(wf, comfy_server.object_info()))
+    images = [i for o in entry["outputs"].values() for i in o.get("images", []) if i["type"] == "output"]
+    prefixes = sorted(i["filename"].split("_")[0] for i in images)
+    assert prefixes == ["depth", "mask", "normal", "shaded"]
+    from io import BytesIO
+
+    from PIL import Image
+    shaded = Image.open(BytesIO(comfy_server.view(next(i["filename"] for i in images if i["filename"].startswith("shaded")),
+                                                  "hp3_retarget")))
+    assert shaded.size == (720, 720)  # the driving image's full resolution
+    texts = [t for o in entry["outputs"].values() for t in o.get("text", [])]
+    assert any("3D backend: mediapipe (face only" in t for t in texts)
+    previews = [i for o in entry["outputs"].values() for i in o.get("images", []) if i["type"] == "temp"]
+    assert previews, "the retarget node shows a preview of its renders"
+
+
+def test_demo_runs_the_retarget_workflow(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "hp3_core", "demo", "--no-serve", "--host-dir",
+                          str(tmp_path / "host"), "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    written = [l.split(" ", 1)[1] for l in out.stdout.splitlines() if l.startswith("wrote ")]
+    assert sorted(Path(w).name.split("_")[0] for w in written) == ["depth", "mask", "normal", "shaded"]
+    assert all(Path(w).is_file() for w in written)
+    assert "3D backend: mediapipe" in out.stderr

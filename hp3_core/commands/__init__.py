@@ -1,4 +1,4 @@
 """CLI commands, one module each (see :mod:`hp3_core.cli`)."""
-from . import demo, info
+from . import bench, demo, info, retarget
 
-COMMANDS = [info, demo]
+COMMANDS = [info, retarget, bench, demo]

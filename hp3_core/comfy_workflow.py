@@ -1,5 +1,8 @@
 """Convert a UI-format workflow (what users share, version 0.4) to the API format of /prompt.
 
+Used by ``demo`` (which runs a workflow on the host) and by the tests. Host-independent: the
+node definitions come from a server's ``/object_info``, never from importing ComfyUI.
+
 Widget values are matched to a node's inputs in INPUT_TYPES order, read from the server's
 ``/object_info``, as the 2024 web UI's "Save (API Format)" does: a seed-like INT is followed by
 its ``control_after_generate`` value, an ``image_upload`` combo by its upload button's value.

@@ -1,0 +1,130 @@
+"""Reconstructors: an image in, head parameters out; and choosing one among the backends.
+
+Backends (one interface, :class:`Reconstructor`):
+
+* ``smirk``: SMIRK's encoder on a MediaPipe-landmark crop, FLAME 2020 head (the user's files);
+* ``synthetic``: the same code path on files the tests build (random SMIRK weights, a FLAME-format
+  file with random bases): it exercises everything without real weights and means nothing;
+* ``mediapipe``: the embedded offline default, face only (:mod:`.mediapipe_head`).
+
+``auto`` picks ``smirk`` when its files are found, else ``mediapipe``.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import InputImageError, MissingModelFileError
+from .face_landmarks import FaceLandmarks, shared_landmarker
+from .mediapipe_head import MediaPipeHeadModel, params_from_landmarks
+from .params import HeadParams
+from .render_head import HeadModel
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "smirk", "mediapipe", "synthetic")
+SMIRK_FILES = ("SMIRK_em1.pt",)
+FLAME_FILES = ("generic_model.pkl", "generic_model.npz", "FLAME2020.npz")
+WHERE_SMIRK = "github.com/georgeretsi/smirk (pretrained model SMIRK_em1.pt)"
+WHERE_FLAME = "flame.is.tue.mpg.de (FLAME 2020, generic_model.pkl; registration, non-commercial licence)"
+
+
+class Reconstructor(Protocol):
+    name: str
+    head_model: HeadModel
+
+    def from_landmarks(self, image: np.ndarray, face: FaceLandmarks, face_index: int,
+                       faces_found: int) -> HeadParams: ...
+
+
+@dataclass
+class Reconstruction:
+    """Heads for a list of images; images without a usable face are listed, not reconstructed."""
+
+    params: HeadParams | None
+    found: list[int] = field(default_factory=list)        # indices of the images in ``params``
+    missing: dict[int, str] = field(default_factory=dict)  # image index -> why
+
+
+def reconstruct(reconstructor: Reconstructor, images: Sequence[np.ndarray], face_index: int = 0,
+                names: Sequence[str] | None = None, allow_missing: bool = False,
+                on_item=None) -> Reconstruction:
+    """Detect one face per image (the ``face_index``-th largest) and reconstruct it.
+
+    Args:
+        images: RGB uint8 [H, W, 3] each.
+        names: how to name each image in errors (default ``image k``).
+        allow_missing: keep going past images without a face (listed in ``missing``); otherwise
+            the first one raises :class:`InputImageError` naming it.
+        on_item: called after each image (progress bars, interruption checks).
+    """
+    names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
+    landmarker = shared_landmarker()
+    heads, found, missing = [], [], {}
+    for i, image in enumerate(images):
+        try:
+            face, count = landmarker.pick(image, face_index, names[i])
+            heads.append(reconstructor.from_landmarks(image, face, face_index, count))
+            found.append(i)
+        except InputImageError as err:
+            if not allow_missing:
+                raise
+            missing[i] = str(err)
+            log.warning("%s", err)
+        if on_item is not None:
+            on_item(i)
+    params = HeadParams.cat(heads) if heads else None
+    return Reconstruction(params=params, found=found, missing=missing)
+
+
+class MediaPipeReconstructor:
+    """The offline default: MediaPipe's face mesh, face only."""
+
+    name = "mediapipe"
+
+    def __init__(self) -> None:
+        self.head_model = MediaPipeHeadModel()
+
+    def from_landmarks(self, image: np.ndarray, face: FaceLandmarks, face_index: int,
+                       faces_found: int) -> HeadParams:
+        return params_from_landmarks([face], [image.shape[:2]], [face_index], [faces_found])
+
+
+def find_file(names: Sequence[str], folders: Sequence[str | Path]) -> Path | None:
+    for folder in folders:
+        for name in names:
+            path = Path(folder) / name
+            if path.is_file():
+                return path
+    return None
+
+
+def build_reconstructor(backend: str = "auto", smirk_folders: Sequence[str | Path] = (),
+                        flame_folders: Sequence[str | Path] = (), device: str = "cpu") -> Reconstructor:
+    """The reconstructor for ``backend`` (see the module docstring).
+
+    Raises:
+        MissingModelFileError: ``smirk`` was asked for and a file is missing (lists the folders).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown 3D backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "mediapipe":
+        return MediaPipeReconstructor()
+    smirk = find_file(SMIRK_FILES, smirk_folders)
+    flame = find_file(FLAME_FILES, flame_folders)
+    if backend == "auto":
+        if smirk is None or flame is None:
+            log.info("SMIRK/FLAME files not found; using the offline MediaPipe backend (face only)")
+            return MediaPipeReconstructor()
+        backend = "smirk"
+    if smirk is None:
+        raise MissingModelFileError("SMIRK encoder", SMIRK_FILES, smirk_folders, WHERE_SMIRK)
+    if flame is None:
+        raise MissingModelFileError("FLAME head model", FLAME_FILES, flame_folders, WHERE_FLAME)
+    from .smirk_reconstructor import SmirkReconstructor
+    return SmirkReconstructor(smirk, flame, name=backend, device=device)
