@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..hp3_core.head3d.reconstructor import BACKENDS, build_reconstructor
+from ..hp3_core.head3d.reconstructor import BACKENDS, FLAME_FILES, SMIRK_FILES, build_reconstructor, find_file
 from ..hp3_core.head3d.retarget import RetargetMode
 from ..hp3_core.head3d.retarget_images import retarget_images
 from ..hp3_core.image_io import comfy_to_numpy
@@ -31,6 +31,13 @@ class HP3ReconstructorLoader:
             "device": (["cpu", "gpu"], {
                 "default": "cpu", "tooltip": "Where the SMIRK encoder runs (small; CPU keeps VRAM free)."}),
         }}
+
+    @classmethod
+    def IS_CHANGED(cls, backend: str, device: str):
+        # 'auto' changes its choice when a user adds or replaces SMIRK/FLAME files.
+        found = [find_file(names, model_folders.folders(kind)) for names, kind in
+                 ((SMIRK_FILES, "smirk"), (FLAME_FILES, "flame"))]
+        return ":".join([backend, device] + [f"{p}@{p.stat().st_mtime_ns}" if p else "-" for p in found])
 
     def load(self, backend: str, device: str):
         import comfy.model_management

@@ -18,12 +18,13 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from hp3_core.errors import HP3Error, MissingModelFileError
-from hp3_core.head3d import flame_file
+from hp3_core.head3d import flame_file, safe_pickle
 from hp3_core.head3d.flame import FlameModel, FlameParameterError
-from hp3_core.head3d.flame_file import (FlameAssets, FlameFileError, find_flame_model,
-                                        load_eyelids, load_face_vertex_ids, load_flame,
-                                        make_synthetic_flame, save_flame_npz,
-                                        write_synthetic_flame)
+from hp3_core.head3d.flame_file import (FlameAssets, find_flame_model, load_eyelids,
+                                        load_face_vertex_ids, load_flame)
+from hp3_core.head3d.flame_synthetic import (flame_fields, make_synthetic_flame, save_flame_npz,
+                                             write_synthetic_flame)
+from hp3_core.head3d.safe_pickle import FlameFileError
 
 ARRAY_FIELDS = ("v_template", "shapedirs", "posedirs", "J_regressor", "parents", "lbs_weights",
                 "faces", "eyelids", "face_vertex_ids")
@@ -174,7 +175,7 @@ def test_protocol0_python2_objects_are_rebuilt(tmp_path):
             b"Rp6\n(dp7\nS'x'\np8\n(lp9\nF1.5\naF2.5\nasbs.")
     path = tmp_path / "p0.pkl"
     path.write_bytes(data)
-    fields = flame_file._read_fields(path, flame_file.FIX_MODEL)
+    fields = flame_file._read_fields(path, safe_pickle.FIX_MODEL)
     assert np.array_equal(fields["shapedirs"], [1.5, 2.5])
     assert "chumpy" not in sys.modules
 
@@ -214,7 +215,7 @@ def test_refuses_foreign_classes_without_running_them(tmp_path, module, name, ki
 
 
 def test_refuses_npz_with_pickled_objects_and_junk(tmp_path, assets):
-    fields = flame_file.flame_fields(assets)
+    fields = flame_fields(assets)
     fields["shapedirs"] = np.array([object()], dtype=object)
     np.savez(tmp_path / "obj.npz", **fields)
     with pytest.raises(FlameFileError, match="Python objects"):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hp3_core.errors import MissingModelFileError
-from hp3_core.head3d.flame_file import write_synthetic_flame
+from hp3_core.head3d.flame_synthetic import write_synthetic_flame
 from hp3_core.head3d.reconstructor import MediaPipeReconstructor, build_reconstructor
 from hp3_core.head3d.retarget_images import retarget_images
 from hp3_core.head3d.smirk_encoder import SmirkEncoder, write_smirk_checkpoint

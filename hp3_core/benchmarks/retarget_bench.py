@@ -91,7 +91,8 @@ def run(repeats: int = 20, size: int = 512, threads: int | None = None) -> dict[
 def _flame_sized_head(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A synthetic FLAME-format head (5023 vertices), framed like a portrait in a size x size image."""
     from ..head3d.flame import FlameModel
-    from ..head3d.flame_file import load_flame, write_synthetic_flame
+    from ..head3d.flame_file import load_flame
+    from ..head3d.flame_synthetic import write_synthetic_flame
     with tempfile.TemporaryDirectory() as tmp:
         path = write_synthetic_flame(Path(tmp) / "generic_model.npz", n_vertices=5023, side_files=False)
         flame = FlameModel(load_flame(path))

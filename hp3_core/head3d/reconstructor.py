@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import InputImageError, MissingModelFileError
 from .face_landmarks import FaceLandmarks, shared_landmarker
+from .flame_file import FLAME_MODEL_NAMES as FLAME_FILES
 from .mediapipe_head import MediaPipeHeadModel, params_from_landmarks
 from .params import HeadParams
 from .render_head import HeadModel
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "smirk", "mediapipe", "synthetic")
 SMIRK_FILES = ("SMIRK_em1.pt",)
-FLAME_FILES = ("generic_model.pkl", "generic_model.npz", "FLAME2020.npz")
 WHERE_SMIRK = "github.com/georgeretsi/smirk (pretrained model SMIRK_em1.pt)"
 WHERE_FLAME = "flame.is.tue.mpg.de (FLAME 2020, generic_model.pkl; registration, non-commercial licence)"
 
