@@ -5,6 +5,7 @@ Node type names (the keys below) are stored in users' workflows: never rename on
 """
 from . import model_folders
 from .head3d_nodes import HP3HeadRetarget, HP3ReconstructorLoader
+from .head_encoder_nodes import HP3FaceAnalysisLoader, HP3HeadEncode
 from .hp3_model_nodes import HP3ModelInfo, HP3ModelLoader
 
 model_folders.register()
@@ -14,6 +15,8 @@ NODE_CLASS_MAPPINGS = {
     "HP3ModelInfo": HP3ModelInfo,
     "HP3ReconstructorLoader": HP3ReconstructorLoader,
     "HP3HeadRetarget": HP3HeadRetarget,
+    "HP3FaceAnalysisLoader": HP3FaceAnalysisLoader,
+    "HP3HeadEncode": HP3HeadEncode,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -21,4 +24,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "HP3ModelInfo": "HP3 Model Info",
     "HP3ReconstructorLoader": "Load HP3 3D Reconstructor",
     "HP3HeadRetarget": "HP3 3D Head Retarget",
+    "HP3FaceAnalysisLoader": "Load HP3 Face Analysis",
+    "HP3HeadEncode": "HP3 Head Encode",
 }

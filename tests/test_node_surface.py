@@ -9,6 +9,8 @@ STABLE_NODE_TYPES = {
     "HP3ModelInfo",
     "HP3ReconstructorLoader",
     "HP3HeadRetarget",
+    "HP3FaceAnalysisLoader",
+    "HP3HeadEncode",
 }
 
 

@@ -1,4 +1,4 @@
 """CLI commands, one module each (see :mod:`hp3_core.cli`)."""
-from . import bench, demo, info, retarget
+from . import bench, demo, encode, info, retarget
 
-COMMANDS = [info, retarget, bench, demo]
+COMMANDS = [info, retarget, encode, bench, demo]

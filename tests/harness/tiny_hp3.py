@@ -1,8 +1,8 @@
 """Tiny HP3 configs and weight files for tests (real format, toy sizes).
 
-Until the HP3 model classes exist, :func:`tiny_state_dict` lays out tensors the way the model will
-(``encoder.*``, ``controller.*``, ``connector.*``) with shapes that follow from the config; the
-weight-format tests only need real files whose keys and shapes are known.
+:func:`tiny_state_dict` holds the real token decoder's tensors under ``encoder.``; until the
+controller and connector classes exist, ``controller.*`` and ``connector.*`` are stand-ins laid
+out as the model will be, with shapes that follow from the config.
 """
 from __future__ import annotations
 
@@ -35,13 +35,11 @@ def tiny_hp3_config(family: str = "sd15", **overrides) -> HP3Config:
 
 
 def tiny_state_dict(config: HP3Config, seed: int = 0) -> dict[str, torch.Tensor]:
-    e, c = config.encoder, config.controller
+    from hp3_core.head_encoder.token_decoder import HeadTokenDecoder
+    c = config.controller
+    decoder = HeadTokenDecoder(config.encoder, seed=seed)
+    out = {f"encoder.{k}": v.detach().clone() for k, v in decoder.state_dict().items()}
     shapes: dict[str, tuple[int, ...]] = {
-        "encoder.id_proj.weight": (e.width, e.id_dim),
-        "encoder.id_proj.bias": (e.width,),
-        "encoder.clip_proj.weight": (e.width, e.clip_width),
-        "encoder.clip_proj.bias": (e.width,),
-        "encoder.queries": (e.num_tokens, e.width),
         "controller.conv_in.weight": (c.block_out_channels[0], c.in_channels, 3, 3),
         "controller.hint.conv_out.weight": (c.block_out_channels[0],
                                             c.conditioning_embedding_out_channels[-1], 3, 3),
@@ -49,7 +47,7 @@ def tiny_state_dict(config: HP3Config, seed: int = 0) -> dict[str, torch.Tensor]
     for i, ch in enumerate(c.block_out_channels):
         shapes[f"connector.{i}.zero_in.weight"] = (ch, ch, 1, 1)
     gen = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(s, generator=gen) for k, s in shapes.items()}
+    return out | {k: torch.randn(s, generator=gen) for k, s in shapes.items()}
 
 
 def write_tiny_hp3(path: Path, family: str = "sd15", seed: int = 0, **meta) -> Path:

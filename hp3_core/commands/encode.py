@@ -1,0 +1,53 @@
+"""``encode``: a person's head features (ArcFace identity + CLIP vision of the head crop) from one
+or more source photos, saved as ``.safetensors``; with ``--hp3`` also the head tokens."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..errors import HP3Error
+from ..head_encoder.clip_vision import ClipVisionEncoder
+from ..head_encoder.encode_heads import encode_heads
+from ..head_encoder.face_analysis import DETECTIONS, PACK_CHOICES, InsightFaceAnalyzer
+from ..head_encoder.head_crop import HEAD_SCALE
+from ..image_io import load_image
+
+NAME = "encode"
+HELP = "encode a person's head (ArcFace + CLIP vision of the head crop) from source photos"
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", nargs="+", required=True, help="one or more photos of the same person")
+    p.add_argument("--models-dir", action="append", required=True,
+                   help="insightface folder holding models/<pack>/ (e.g. ComfyUI/models/insightface); repeatable")
+    p.add_argument("--clip-vision", required=True,
+                   help="CLIP vision model: a .safetensors file (ComfyUI's clip_vision folder) or a transformers folder")
+    p.add_argument("--out", required=True, help="output .safetensors")
+    p.add_argument("--pack", choices=PACK_CHOICES, default="auto", help="insightface pack")
+    p.add_argument("--detection", choices=DETECTIONS, default="insightface",
+                   help="face detector: the pack's SCRFD, or MediaPipe (no detector file needed)")
+    p.add_argument("--face-index", type=int, default=0, help="which face when several (0 = largest)")
+    p.add_argument("--crop-scale", type=float, default=HEAD_SCALE, help="head crop side / face box side")
+    p.add_argument("--hp3", help="HP3 weights: also compute the head tokens with their decoder")
+    p.add_argument("--device", default="cpu", help="torch device for CLIP vision")
+
+
+def run(args: argparse.Namespace) -> int:
+    analyzer = InsightFaceAnalyzer(args.models_dir, pack=args.pack, detection=args.detection)
+    clip = ClipVisionEncoder.from_local(args.clip_vision, device=args.device)
+    images = [load_image(p) for p in args.source]
+    features = encode_heads(images, analyzer, clip.encode, names=[f"source '{p}'" for p in args.source],
+                            face_index=args.face_index, crop_scale=args.crop_scale)
+    if args.hp3:
+        from ..hp3_model_parts import load_token_decoder
+        decoder = load_token_decoder(args.hp3)
+        features = features.with_tokens(decoder.tokens_for(features).detach())
+    if not str(args.out).endswith(".safetensors"):
+        raise HP3Error(f"--out must be a .safetensors file, got '{args.out}'")
+    features.save(Path(args.out))
+    log.info("encoded %d reference(s), CLIP width %d (%s)%s -> %s", features.num_refs, features.clip_width,
+             clip.arch_name, f", {features.tokens.shape[0]} head tokens" if features.tokens is not None else "",
+             args.out)
+    return 0

@@ -1,0 +1,1 @@
+"""HP3's head encoder: face analysis, head crop, CLIP vision features, the token decoder."""

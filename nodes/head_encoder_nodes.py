@@ -1,0 +1,84 @@
+"""Nodes of the head encoder: load face analysis; encode a person's head (identity + head crop)."""
+from __future__ import annotations
+
+import torch
+
+from ..hp3_core.head_encoder.encode_heads import encode_heads, preview
+from ..hp3_core.head_encoder.face_analysis import DETECTIONS, PACK_CHOICES, PROVIDERS, analyzer_cache
+from ..hp3_core.head_encoder.head_crop import HEAD_SCALE
+from ..hp3_core.image_io import comfy_to_numpy
+from . import model_folders
+from .previews import preview_ui
+from .progress import frame_callback
+
+
+class HP3FaceAnalysisLoader:
+    DESCRIPTION = ("Loads insightface face analysis for HP3's identity feature (ArcFace, 512-d) from "
+                   "ComfyUI/models/insightface/models/<pack>/ (antelopev2: glintr100.onnx + scrfd_10g_bnkps.onnx; "
+                   "buffalo_l: w600k_r50.onnx + det_10g.onnx). Runs on the CPU by default so VRAM stays free. "
+                   "Detection 'mediapipe' needs only the recognition file.")
+    CATEGORY = "HP3/loaders"
+    RETURN_TYPES = ("HP3_FACE_ANALYSIS",)
+    RETURN_NAMES = ("face_analysis",)
+    OUTPUT_TOOLTIPS = ("Face detection + ArcFace identity, for HP3 Head Encode.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "pack": (list(PACK_CHOICES), {"default": "auto", "tooltip": "insightface model pack (auto: antelopev2, "
+                                                                        "else buffalo_l)."}),
+            "provider": (list(PROVIDERS), {"default": "cpu", "tooltip": "onnxruntime device; CPU keeps VRAM free."}),
+            "detection": (list(DETECTIONS), {"default": "insightface", "tooltip": "Face detector: the pack's "
+                                             "SCRFD, or MediaPipe (built in)."}),
+        }}
+
+    def load(self, pack: str, provider: str, detection: str):
+        return (analyzer_cache.get(model_folders.folders("insightface"), pack=pack, providers=provider,
+                                   detection=detection),)
+
+
+class HP3HeadEncode:
+    DESCRIPTION = ("Encodes the source person's head for HP3: the ArcFace identity of the aligned face and "
+                   "CLIP vision features of a square head crop (face + hair). A batch of images of the same "
+                   "person gives one head (multi-reference). Runs once per queue, not per sampling step. "
+                   "Shows the head crops with the detected keypoints.")
+    CATEGORY = "HP3/encoder"
+    RETURN_TYPES = ("HP3_HEAD", "IMAGE", "STRING")
+    RETURN_NAMES = ("head", "crops", "info")
+    OUTPUT_TOOLTIPS = ("The encoded head, for the HP3 head controller.",
+                       "Head crops with the 5 detected keypoints.",
+                       "Detector, scores and CLIP width per reference.")
+    FUNCTION = "encode"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "face_analysis": ("HP3_FACE_ANALYSIS", {"tooltip": "From Load HP3 Face Analysis."}),
+            "clip_vision": ("CLIP_VISION", {"tooltip": "From the core Load CLIP Vision (ViT-L/14, ViT-H/14 or bigG; "
+                                                      "the one the HP3 weights were trained with)."}),
+            "image": ("IMAGE", {"tooltip": "Source photo(s) of one person; a batch = several references."}),
+            "face_index": ("INT", {"default": 0, "min": 0, "max": 16, "tooltip": "Which face: 0 = largest."}),
+            "crop_scale": ("FLOAT", {"default": HEAD_SCALE, "min": 1.2, "max": 4.0, "step": 0.05,
+                                     "tooltip": "Head crop side / face box side (2.2 keeps hair and head shape)."}),
+        }}
+
+    def encode(self, face_analysis, clip_vision, image: torch.Tensor, face_index: int, crop_scale: float):
+        images = comfy_to_numpy(image)
+        names = [f"source image {i}" if len(images) > 1 else "the source image" for i in range(len(images))]
+
+        def clip_encode(crops: torch.Tensor) -> torch.Tensor:
+            return clip_vision.encode_image(crops)["penultimate_hidden_states"]
+
+        features = encode_heads(images, face_analysis, clip_encode, names=names, face_index=face_index,
+                                crop_scale=crop_scale, on_image=frame_callback(len(images)))
+        crops = preview(features)
+        lines = [f"{features.num_refs} reference(s), CLIP vision width {features.clip_width}"]
+        for name, info in zip(features.source_names, features.face_info):
+            score = "n/a" if info["det_score"] is None else f"{info['det_score']:.2f}"
+            lines.append(f"{name}: {info['detector']} score {score}, face {info['face_index']} of "
+                         f"{info['faces_found']}, identity by {info['recognizer']}")
+        text = "\n".join(lines)
+        return {"ui": {"images": preview_ui(crops, "hp3_head"), "text": [text]},
+                "result": (features, crops, text)}
