@@ -96,9 +96,45 @@ class ControllerConfig:
             raise HP3Error(f"HP3 config: controller block_out_channels {self.block_out_channels} "
                            f"must all be multiples of norm_num_groups {self.norm_num_groups}")
 
+    def decoder_channels(self) -> list[tuple[int, int]]:
+        """(decoder-feature channels, skip channels) entering each decoder block, in UNet order.
+
+        The encoder's skips are conv_in's output then every resnet and downsampler output; the
+        decoder has ``layers_per_block + 1`` blocks per level, deepest level first, each taking
+        the last remaining skip. Decoder features enter a level with the previous level's width.
+        """
+        chans = list(self.block_out_channels)
+        skips = [chans[0]]
+        for i, ch in enumerate(chans):
+            skips += [ch] * self.layers_per_block
+            if i < len(chans) - 1:
+                skips.append(ch)
+        out, prev = [], chans[-1]
+        for level, ch in enumerate(reversed(chans)):
+            for k in range(self.layers_per_block + 1):
+                out.append((prev if k == 0 else ch, skips.pop()))
+            prev = ch
+        return out
+
     def to_diffusers(self) -> dict[str, Any]:
         """Keyword arguments for ``diffusers.ControlNetModel``."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    """Widths of the adaptive connector's modulation branches.
+
+    The paper gives none. Full-width 3x3 convolutions at every decoder block cost more than a
+    whole ControlNet, so each branch is SPADE-like: a narrow 3x3 conv (``hidden_channels``) from
+    the condition, then a zero-initialised 1x1 conv to the GroupNorm's width.
+    """
+
+    hidden_channels: int = 64
+
+    def validate(self) -> None:
+        if self.hidden_channels <= 0:
+            raise HP3Error(f"HP3 config: connector hidden_channels must be positive, got {self.hidden_channels}")
 
 
 @dataclass(frozen=True)
@@ -123,6 +159,7 @@ class HP3Config:
     render_backend: str = "smirk"
     render_style: str = "shaded_full_head"
     id_loss_weight: float = 1.0
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
     notes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -131,6 +168,7 @@ class HP3Config:
                            f"use one of {', '.join(FAMILIES)}")
         self.encoder.validate()
         self.controller.validate()
+        self.connector.validate()
         if self.encoder.width != self.controller.cross_attention_dim:
             raise HP3Error(f"HP3 config: head-token width {self.encoder.width} must equal the "
                            f"controller's cross_attention_dim {self.controller.cross_attention_dim}")
@@ -182,7 +220,9 @@ class HP3Config:
             controller = _build(ControllerConfig, data.pop("controller"), "controller")
         except KeyError as err:
             raise HP3Error(f"HP3 config: section {err} is missing") from None
-        return _build(cls, {**data, "encoder": encoder, "controller": controller}, "config")
+        connector = _build(ConnectorConfig, data.pop("connector", {}), "connector")
+        return _build(cls, {**data, "encoder": encoder, "controller": controller, "connector": connector},
+                      "config")
 
     @classmethod
     def from_json(cls, text: str) -> HP3Config:

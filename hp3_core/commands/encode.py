@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     features = encode_heads(images, analyzer, clip.encode, names=[f"source '{p}'" for p in args.source],
                             face_index=args.face_index, crop_scale=args.crop_scale)
     if args.hp3:
-        from ..hp3_model_parts import load_token_decoder
+        from ..hp3_model import load_token_decoder
         decoder = load_token_decoder(args.hp3)
         features = features.with_tokens(decoder.tokens_for(features).detach())
     if not str(args.out).endswith(".safetensors"):

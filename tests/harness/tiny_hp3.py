@@ -1,8 +1,8 @@
 """Tiny HP3 configs and weight files for tests (real format, toy sizes).
 
-:func:`tiny_state_dict` holds the real token decoder's tensors under ``encoder.``; until the
-controller and connector classes exist, ``controller.*`` and ``connector.*`` are stand-ins laid
-out as the model will be, with shapes that follow from the config.
+:func:`tiny_hp3_model` is the real :class:`~hp3_core.hp3_model.HP3Model` at toy sizes; the tiny
+SD1.5 config matches the tiny ComfyUI UNet of :mod:`harness.comfy_inprocess` (channels 32, 32,
+64, 64; context 32), so HP3 can be applied to it.
 """
 from __future__ import annotations
 
@@ -34,22 +34,29 @@ def tiny_hp3_config(family: str = "sd15", **overrides) -> HP3Config:
     return HP3Config(family=family, encoder=encoder, controller=controller, **overrides)
 
 
-def tiny_state_dict(config: HP3Config, seed: int = 0) -> dict[str, torch.Tensor]:
-    from hp3_core.head_encoder.token_decoder import HeadTokenDecoder
-    c = config.controller
-    decoder = HeadTokenDecoder(config.encoder, seed=seed)
-    out = {f"encoder.{k}": v.detach().clone() for k, v in decoder.state_dict().items()}
-    shapes: dict[str, tuple[int, ...]] = {
-        "controller.conv_in.weight": (c.block_out_channels[0], c.in_channels, 3, 3),
-        "controller.hint.conv_out.weight": (c.block_out_channels[0],
-                                            c.conditioning_embedding_out_channels[-1], 3, 3),
-    }
-    for i, ch in enumerate(c.block_out_channels):
-        shapes[f"connector.{i}.zero_in.weight"] = (ch, ch, 1, 1)
-    gen = torch.Generator().manual_seed(seed)
-    return out | {k: torch.randn(s, generator=gen) for k, s in shapes.items()}
+def tiny_hp3_model(config: HP3Config, seed: int = 0, trained: bool = False):
+    """A real :class:`~hp3_core.hp3_model.HP3Model` at tiny size, seeded.
+
+    ``trained=False`` keeps the connector's zero initialisation (an untrained model: the UNet
+    must be unchanged); ``trained=True`` gives every parameter, zero convs included, small random
+    values, as after training (HP3 visibly changes the UNet's output).
+    """
+    from hp3_core.hp3_model import HP3Model
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = HP3Model(config)
+        if trained:
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if name.startswith("connector."):
+                        p.copy_(torch.randn_like(p) * 0.05)
+    return model.eval()
 
 
-def write_tiny_hp3(path: Path, family: str = "sd15", seed: int = 0, **meta) -> Path:
+def tiny_state_dict(config: HP3Config, seed: int = 0, trained: bool = False) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in tiny_hp3_model(config, seed, trained).state_dict().items()}
+
+
+def write_tiny_hp3(path: Path, family: str = "sd15", seed: int = 0, trained: bool = False, **meta) -> Path:
     config = tiny_hp3_config(family)
-    return save_hp3_weights(path, tiny_state_dict(config, seed), config, extra_metadata=meta)
+    return save_hp3_weights(path, tiny_state_dict(config, seed, trained), config, extra_metadata=meta)

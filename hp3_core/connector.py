@@ -1,0 +1,139 @@
+"""HP3's adaptive connector: the head conditions enter each decoder block of the frozen UNet.
+
+At decoder block i, before the skip concatenation, and at the block's own first GroupNorm::
+
+    h = z_d + ZeroConv(c)                                  # z_d: decoder features
+    n = GN(concat(h, z_e))                                 # z_e: the encoder skip
+    y = n + n * ZeroConv(Conv(c)) + ZeroConv(Conv(c))      # two separate Conv branches
+
+Every ZeroConv starts at zero, so an untrained connector leaves the UNet exactly as it was.
+The Conv branches are narrow (SPADE-like, ``ConnectorConfig.hidden_channels``) to keep the cost
+far below a second UNet decoder.
+
+The hosts (ComfyUI, diffusers) install two hooks per decoder block: :func:`inject` on the
+decoder features before the concatenation, and :class:`ModulatedGroupNorm` in place of the
+block's first GroupNorm. Both read the conditions of the model call in progress from a context
+variable (:func:`active`), so the installed modules hold no per-call state.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .config import ConnectorConfig, ControllerConfig
+
+
+def zero_conv(cin: int, cout: int) -> nn.Conv2d:
+    conv = nn.Conv2d(cin, cout, 1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class BlockConnector(nn.Module):
+    """The connector of one decoder block."""
+
+    def __init__(self, cond_channels: int, decoder_channels: int, skip_channels: int, hidden: int) -> None:
+        super().__init__()
+        norm_channels = decoder_channels + skip_channels
+        self.inject = zero_conv(cond_channels, decoder_channels)
+        self.scale_conv = nn.Conv2d(cond_channels, hidden, 3, padding=1)
+        self.scale_out = zero_conv(hidden, norm_channels)
+        self.shift_conv = nn.Conv2d(cond_channels, hidden, 3, padding=1)
+        self.shift_out = zero_conv(hidden, norm_channels)
+
+    def injection(self, c: torch.Tensor) -> torch.Tensor:
+        return self.inject(c)
+
+    def modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift), each [B, decoder + skip channels, h, w]."""
+        return self.scale_out(F.silu(self.scale_conv(c))), self.shift_out(F.silu(self.shift_conv(c)))
+
+
+class AdaptiveConnector(nn.Module):
+    """One :class:`BlockConnector` per decoder block (UNet order)."""
+
+    def __init__(self, controller: ControllerConfig, config: ConnectorConfig) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            BlockConnector(skip, dec, skip, config.hidden_channels) for dec, skip in controller.decoder_channels())
+
+
+@dataclass
+class ActiveConditions:
+    """The head conditions of one model call.
+
+    Attributes:
+        conditions: per decoder block, [B, C, h, w] (rows without conditions hold anything).
+        rows: [B] float: the strength for rows that get HP3 (the conditional ones), 0 for the
+            others; it multiplies every change, so 0-rows are exactly the base UNet.
+        connector: the connector whose weights apply.
+    """
+
+    conditions: list[torch.Tensor]
+    rows: torch.Tensor
+    connector: AdaptiveConnector
+
+
+_active: contextvars.ContextVar[ActiveConditions | None] = contextvars.ContextVar("hp3_active", default=None)
+
+
+@contextlib.contextmanager
+def active(state: ActiveConditions | None) -> Iterator[None]:
+    """Make ``state`` the conditions the installed hooks use while the body runs."""
+    token = _active.set(state)
+    try:
+        yield
+    finally:
+        _active.reset(token)
+
+
+def _condition(state: ActiveConditions, index: int, like: torch.Tensor) -> torch.Tensor:
+    c = state.conditions[index]
+    if c.shape[-2:] != like.shape[-2:]:  # odd latent sizes: the UNet pads/crops by one
+        c = F.interpolate(c, size=like.shape[-2:], mode="nearest")
+    return c
+
+
+def _rows(state: ActiveConditions, like: torch.Tensor) -> torch.Tensor:
+    return state.rows.to(device=like.device, dtype=like.dtype).view(-1, 1, 1, 1)
+
+
+def inject(index: int, h: torch.Tensor) -> torch.Tensor:
+    """``h + ZeroConv(c)`` on the conditional rows of decoder block ``index`` (no-op when inactive)."""
+    state = _active.get()
+    if state is None:
+        return h
+    block = state.connector.blocks[index]
+    c = _condition(state, index, h)
+    w = block.inject.weight
+    return h + _rows(state, h) * block.injection(c.to(w.device, w.dtype)).to(h.dtype)
+
+
+class ModulatedGroupNorm(nn.Module):
+    """A decoder block's own first GroupNorm, followed by the connector's modulation.
+
+    Wraps the original module (shared, not copied): ``y = n + rows * (n * scale + shift)``.
+    """
+
+    def __init__(self, norm: nn.Module, index: int) -> None:
+        super().__init__()
+        self.norm = norm
+        self.index = index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.norm(x)
+        state = _active.get()
+        if state is None:
+            return n
+        block = state.connector.blocks[self.index]
+        c = _condition(state, self.index, n)
+        w = block.scale_conv.weight
+        scale, shift = block.modulation(c.to(w.device, w.dtype))
+        return n + _rows(state, n) * (n * scale.to(n.dtype) + shift.to(n.dtype))
