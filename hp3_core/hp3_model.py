@@ -23,11 +23,11 @@ ENCODER_PREFIX = "encoder."
 class HP3Model(nn.Module):
     """Everything HP3 trains; the base UNet stays frozen and outside."""
 
-    def __init__(self, config: HP3Config) -> None:
+    def __init__(self, config: HP3Config, controller: HeadController | None = None) -> None:
         super().__init__()
         self.config = config
         self.encoder = HeadTokenDecoder(config.encoder)
-        self.controller = HeadController(config.controller)
+        self.controller = controller if controller is not None else HeadController(config.controller)
         self.connector = AdaptiveConnector(config.controller, config.connector)
 
     @classmethod
@@ -41,9 +41,7 @@ class HP3Model(nn.Module):
     @classmethod
     def from_unet(cls, config: HP3Config, unet) -> HP3Model:
         """An untrained model: controller copied from a diffusers UNet, connector zero."""
-        model = cls(config)
-        model.controller = HeadController.from_unet(unet, config.controller)
-        return model
+        return cls(config, controller=HeadController.from_unet(unet, config.controller))
 
     def head_tokens(self, features) -> torch.Tensor:
         """[N, D] head tokens of a :class:`~hp3_core.head_encoder.features.HeadFeatures`."""

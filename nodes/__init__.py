@@ -7,6 +7,7 @@ from . import model_folders
 from .head3d_nodes import HP3HeadRetarget, HP3ReconstructorLoader
 from .head_encoder_nodes import HP3FaceAnalysisLoader, HP3HeadEncode
 from .hp3_model_nodes import HP3ModelInfo, HP3ModelLoader
+from .hp3_nodes import HP3Apply, HP3ApplyConnector, HP3HeadController
 
 model_folders.register()
 
@@ -17,6 +18,9 @@ NODE_CLASS_MAPPINGS = {
     "HP3HeadRetarget": HP3HeadRetarget,
     "HP3FaceAnalysisLoader": HP3FaceAnalysisLoader,
     "HP3HeadEncode": HP3HeadEncode,
+    "HP3HeadController": HP3HeadController,
+    "HP3ApplyConnector": HP3ApplyConnector,
+    "HP3Apply": HP3Apply,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -26,4 +30,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "HP3HeadRetarget": "HP3 3D Head Retarget",
     "HP3FaceAnalysisLoader": "Load HP3 Face Analysis",
     "HP3HeadEncode": "HP3 Head Encode",
+    "HP3HeadController": "HP3 Head Controller",
+    "HP3ApplyConnector": "HP3 Adaptive Connector",
+    "HP3Apply": "Apply HP3 (all-in-one)",
 }

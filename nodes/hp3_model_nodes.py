@@ -5,10 +5,47 @@ import os
 
 import folder_paths
 
+from ..hp3_core.hp3_model import HP3Model
 from ..hp3_core.weights import HP3Weights, load_hp3_weights
 from . import model_folders
 
 WHERE_TO_GET = "the HP3 pack's README, section Models (no HP3 weights were ever published)"
+
+
+class LoadedHP3Model:
+    """The HP3_MODEL socket value: a loaded :class:`HP3Model` with its file's path and metadata.
+
+    Copies (``copy.deepcopy``) share the model: the weights exist once however many nodes,
+    clones and patches hold it.
+    """
+
+    def __init__(self, model: HP3Model, path: str, metadata: dict[str, str] | None = None) -> None:
+        self.model = model
+        self.path = str(path)
+        self.metadata = dict(metadata or {})
+
+    def __deepcopy__(self, memo):
+        return self
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def family(self) -> str:
+        return self.model.config.family
+
+    @property
+    def state_dict(self) -> dict:
+        """The model's tensors by weight-file key (views of the loaded weights)."""
+        return self.model.state_dict()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.state_dict().values())
+
+    def summary(self) -> str:
+        return HP3Weights(path=self.path, config=self.config, state_dict=self.state_dict,
+                          metadata=self.metadata).summary()
 
 
 class HP3ModelLoader:
@@ -37,9 +74,11 @@ class HP3ModelLoader:
         stat = os.stat(path)
         return f"{hp3_name}:{stat.st_size}:{stat.st_mtime_ns}"
 
-    def load(self, hp3_name: str) -> tuple[HP3Weights]:
+    def load(self, hp3_name: str) -> tuple[LoadedHP3Model]:
         path = model_folders.full_path("hp3", hp3_name, "HP3 weights", WHERE_TO_GET)
-        return (load_hp3_weights(path),)
+        weights = load_hp3_weights(path)
+        model = HP3Model.from_weights(weights)  # keys and shapes checked, then a strict load
+        return (LoadedHP3Model(model, weights.path, weights.metadata),)
 
 
 class HP3ModelInfo:
@@ -58,6 +97,6 @@ class HP3ModelInfo:
     def INPUT_TYPES(cls):
         return {"required": {"hp3_model": ("HP3_MODEL", {"tooltip": "From Load HP3 Model."})}}
 
-    def describe(self, hp3_model: HP3Weights):
+    def describe(self, hp3_model: LoadedHP3Model | HP3Weights):
         text = hp3_model.summary()
         return {"ui": {"text": [text]}, "result": (text,)}

@@ -11,6 +11,9 @@ STABLE_NODE_TYPES = {
     "HP3HeadRetarget",
     "HP3FaceAnalysisLoader",
     "HP3HeadEncode",
+    "HP3HeadController",
+    "HP3ApplyConnector",
+    "HP3Apply",
 }
 
 

@@ -4,17 +4,23 @@ from __future__ import annotations
 import argparse
 
 NAME = "bench"
-HELP = "benchmarks: 'retarget' (3D reconstruction + rendering per image at 512x512)"
-TARGETS = ("retarget",)
+HELP = ("benchmarks: 'retarget' (3D reconstruction + rendering per 512x512 image), "
+        "'patch' (HP3's cost per sampling step next to an InstantID-like stack)")
+TARGETS = ("retarget", "patch")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", choices=TARGETS, help="what to measure")
-    p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (median reported)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed runs per measurement, median reported (default: retarget 20, patch 3)")
+    p.add_argument("--device", default="cpu", help="patch: torch device")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.target == "retarget":
         from ..benchmarks import retarget_bench
-        return retarget_bench.main(repeats=args.repeats)
+        return retarget_bench.main(repeats=args.repeats or 20)
+    if args.target == "patch":
+        from ..benchmarks import patch_bench
+        return patch_bench.main(repeats=args.repeats or 3, device=args.device)
     raise AssertionError(args.target)

@@ -59,10 +59,12 @@ def load_host(host_dir: Path) -> ComfyHost:
 # 12 output blocks like the real one) at a width that runs in milliseconds on a CPU.
 TINY_SD15_UNET = {
     "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
-    "num_res_blocks": 2, "channel_mult": [1, 1, 2, 2], "num_heads": 2, "num_head_channels": -1,
+    # num_heads 8 as ComfyUI's SD15 config forces it anyway (unet_extra_config).
+    "num_res_blocks": 2, "channel_mult": [1, 1, 2, 2], "num_heads": 8, "num_head_channels": -1,
     "use_spatial_transformer": True, "legacy": False, "context_dim": 32,
     "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1,
-    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    # ComfyUI pops this list from the end: output blocks 0-2 (deepest) have no attention, as in SD1.5.
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
     "use_linear_in_transformer": False, "adm_in_channels": None, "use_temporal_attention": False,
     "use_checkpoint": False,
 }

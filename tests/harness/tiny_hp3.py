@@ -19,7 +19,7 @@ def tiny_hp3_config(family: str = "sd15", **overrides) -> HP3Config:
         controller = ControllerConfig(
             cross_attention_dim=32, block_out_channels=(32, 32, 64, 64),
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            transformer_layers_per_block=(1, 1, 1, 1), attention_head_dim=(2, 2, 2, 2))
+            transformer_layers_per_block=(1, 1, 1, 1), attention_head_dim=(8, 8, 8, 8))
     elif family == "sdxl":
         controller = ControllerConfig(
             cross_attention_dim=64, block_out_channels=(32, 64, 64),
