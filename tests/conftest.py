@@ -60,6 +60,17 @@ def tiny_model(comfy):
     return tiny_sd15_model(comfy)
 
 
+@pytest.fixture
+def hp3_folder(comfy, tmp_path) -> Path:
+    """A temporary folder added to the in-process host's 'hp3' model paths (removed afterwards)."""
+    fp = comfy.folder_paths
+    fp.add_model_folder_path("hp3", str(tmp_path))
+    fp.filename_list_cache.clear()
+    yield tmp_path
+    fp.folder_names_and_paths["hp3"][0].remove(str(tmp_path))
+    fp.filename_list_cache.clear()
+
+
 @pytest.fixture(scope="session")
 def server_models(tmp_path_factory) -> dict[str, Path]:
     """Model files for the server host, reached only through an extra_model_paths.yaml."""

@@ -83,16 +83,6 @@ def test_registration_keeps_extra_model_paths(comfy, tmp_path):
         fp.filename_list_cache.clear()
 
 
-@pytest.fixture
-def hp3_folder(comfy, tmp_path):
-    fp = comfy.folder_paths
-    fp.add_model_folder_path("hp3", str(tmp_path))
-    fp.filename_list_cache.clear()
-    yield tmp_path
-    fp.folder_names_and_paths["hp3"][0].remove(str(tmp_path))
-    fp.filename_list_cache.clear()
-
-
 def test_loader_node_lists_loads_and_rejects_family(comfy, hp3_folder, tiny_model):
     write_tiny_hp3(hp3_folder / "tiny_xl.safetensors", "sdxl")
     loader = comfy.nodes.NODE_CLASS_MAPPINGS["HP3ModelLoader"]

@@ -340,16 +340,6 @@ def test_backend_mismatch_warns(comfy, patch_mod, trained_hp3, caplog):
 
 
 # -- the nodes ----------------------------------------------------------------------------------------
-@pytest.fixture
-def hp3_folder(comfy, tmp_path):
-    fp = comfy.folder_paths
-    fp.add_model_folder_path("hp3", str(tmp_path))
-    fp.filename_list_cache.clear()
-    yield tmp_path
-    fp.folder_names_and_paths["hp3"][0].remove(str(tmp_path))
-    fp.filename_list_cache.clear()
-
-
 def test_two_nodes_and_all_in_one_give_identical_samples(comfy, tiny_model, hp3_folder):
     write_tiny_hp3(hp3_folder / "t.safetensors", "sd15", trained=True)
     nodes = comfy.nodes.NODE_CLASS_MAPPINGS

@@ -1,0 +1,196 @@
+"""HP3 on a diffusers pipeline (:mod:`hp3_core.pipeline`) and the ``generate`` command, on tiny
+offline components (tiny UNet/VAE/CLIP text model, a tokenizer from a hand-written vocab)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from harness.tiny_clip import write_tiny_clip_folder
+from harness.tiny_hp3 import tiny_hp3_config, tiny_hp3_model, write_tiny_hp3
+from harness.tiny_onnx import write_tiny_pack
+from hp3_core.errors import HP3Error
+from hp3_core.pipeline import HP3Pipeline, center_resize
+from hp3_core.unet_convert import unet_config
+
+WORDS = ["a", "photo", "of", "person", "portrait", "smiling", "man", "woman"]
+SIZE = 64  # pixels: latent 8 (VAE scale 8)
+
+
+def write_tokenizer(folder):
+    """A CLIPTokenizer from a hand-written vocab (no hub): whole words + end-of-word pieces."""
+    from transformers import CLIPTokenizer
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    letters = sorted({c for w in WORDS for c in w})
+    for c in letters:
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    merges = []
+    for w in WORDS:  # merge left to right: p h -> ph, ph o -> pho, ... (last piece ends with </w>)
+        pieces = list(w[:-1]) + [w[-1] + "</w>"]
+        while len(pieces) > 1:
+            merges.append(f"{pieces[0]} {pieces[1]}")
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
+            vocab.setdefault(pieces[0], len(vocab))
+    merges = list(dict.fromkeys(merges))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+
+
+def tiny_sd15_pipe(tmp_path, seed: int = 0):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    tokenizer = write_tokenizer(tmp_path / "tok")
+    config = tiny_hp3_config("sd15")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**unet_config(config, sample_size=SIZE // 8))
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16),
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            layers_per_block=1, norm_num_groups=8, sample_size=SIZE)
+        text = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                            num_attention_heads=4, vocab_size=len(tokenizer),
+                                            max_position_embeddings=16, eos_token_id=1, bos_token_id=0,
+                                            pad_token_id=1))
+    pipe = StableDiffusionPipeline(vae=vae.eval(), text_encoder=text.eval(), tokenizer=tokenizer, unet=unet.eval(),
+                                   scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, config
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_sd15_pipe(tmp_path_factory.mktemp("tiny_sd15"))
+
+
+def tokens_and_render(config, seed: int = 5, h: int = 48, w: int = 80):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(config.encoder.num_tokens, config.encoder.width, generator=g), torch.rand(h, w, 3, generator=g)
+
+
+def run(pipe, seed: int = 0, **kw):
+    with torch.no_grad():
+        return pipe(prompt="a photo of a person", num_inference_steps=3, guidance_scale=kw.pop("guidance_scale", 5.0),
+                    generator=torch.Generator().manual_seed(seed), output_type="latent", height=SIZE, width=SIZE,
+                    **kw).images
+
+
+def test_untrained_hp3_gives_the_base_pipeline_exactly(tiny):
+    pipe, config = tiny
+    base = run(pipe)
+    tokens, render = tokens_and_render(config)
+    hp3 = HP3Pipeline(pipe, tiny_hp3_model(config, trained=False))
+    out = run(hp3, head_tokens=tokens, render=render)
+    assert base.abs().max() > 0 and torch.equal(out, base)
+    assert torch.equal(run(pipe), base), "the pipeline is left as it was"
+
+
+def test_trained_hp3_changes_the_image_and_strength_zero_or_outside_the_window_does_not(tiny):
+    pipe, config = tiny
+    base = run(pipe)
+    tokens, render = tokens_and_render(config)
+    hp3 = HP3Pipeline(pipe, tiny_hp3_model(config, seed=3, trained=True))
+    out = run(hp3, head_tokens=tokens, render=render)
+    assert (out - base).abs().max() > 1e-3
+    assert torch.equal(run(hp3, head_tokens=tokens, render=render, strength=0.0), base)
+    assert torch.equal(run(hp3, head_tokens=tokens, render=render, start=0.5, end=0.5), base)
+    late = run(hp3, head_tokens=tokens, render=render, start=0.5)
+    assert not torch.equal(late, base) and not torch.equal(late, out)
+    assert torch.equal(run(hp3, head_tokens=tokens, render=render), out), "deterministic"
+    no_cfg = run(hp3, head_tokens=tokens, render=render, guidance_scale=1.0)
+    assert not torch.equal(no_cfg, run(pipe, guidance_scale=1.0)), "without CFG every row is conditional"
+    assert not any(isinstance(r.norm1, torch.nn.Module) and type(r.norm1).__name__ == "ModulatedGroupNorm"
+                   for b in pipe.unet.up_blocks for r in b.resnets), "hooks removed after the call"
+
+
+def test_controller_sees_only_the_conditional_rows(tiny, monkeypatch):
+    pipe, config = tiny
+    model = tiny_hp3_model(config, seed=3, trained=True)
+    hp3 = HP3Pipeline(pipe, model)
+    tokens, render = tokens_and_render(config)
+    seen, unet_inputs = [], []
+    real = model.conditions
+
+    def spy(sample, timesteps, tokens_, hint, y=None):
+        seen.append((sample.clone(), timesteps.clone(), tokens_.shape, hint.shape))
+        return real(sample, timesteps, tokens_, hint, y)
+
+    monkeypatch.setattr(model, "conditions", spy)
+    handle = pipe.unet.register_forward_pre_hook(lambda m, a, k: unet_inputs.append(a[0].clone()), with_kwargs=True)
+    try:
+        run(hp3, head_tokens=tokens, render=render, num_images_per_prompt=2)
+    finally:
+        handle.remove()
+    assert len(seen) == len(unet_inputs) == 3
+    timesteps = pipe.scheduler.timesteps
+    for (sample, t, tok_shape, hint_shape), x, step in zip(seen, unet_inputs, timesteps, strict=True):
+        assert x.shape[0] == 4 and sample.shape[0] == 2, "[uncond x2, cond x2]: the controller gets the cond half"
+        assert torch.equal(sample, x[2:])
+        assert torch.equal(t, torch.full((2,), float(step)))
+        assert tok_shape == (2, *tokens.shape) and hint_shape == (2, 3, SIZE, SIZE)
+
+
+def test_hint_is_centre_cropped_then_resized():
+    img = torch.zeros(1, 3, 10, 20)
+    img[..., :, 5:15] = 1.0  # the centre square
+    out = center_resize(img, 4, 4)
+    assert out.shape == (1, 3, 4, 4) and torch.equal(out, torch.ones_like(out))
+
+
+def test_family_and_layout_errors(tiny):
+    pipe, _ = tiny
+    with pytest.raises(HP3Error, match="trained for .*SDXL"):
+        HP3Pipeline(pipe, tiny_hp3_model(tiny_hp3_config("sdxl")))
+    hp3 = HP3Pipeline(pipe, tiny_hp3_model(tiny_hp3_config("sd15")))
+    with pytest.raises(HP3Error, match="head tokens are 16 wide"):
+        hp3(prompt="a", head_tokens=torch.zeros(4, 16), render=torch.zeros(8, 8, 3))
+    with pytest.raises(HP3Error, match="render must be"):
+        hp3(prompt="a", head_tokens=torch.zeros(4, 32), render=torch.zeros(8, 8))
+
+
+def test_from_files_loads_a_local_folder_and_the_hp3_file(tiny, tmp_path):
+    pipe, config = tiny
+    pipe.save_pretrained(tmp_path / "base")
+    write_tiny_hp3(tmp_path / "hp3.safetensors", "sd15", seed=3, trained=True)
+    hp3 = HP3Pipeline.from_files(tmp_path / "base", tmp_path / "hp3.safetensors")
+    hp3.pipe.set_progress_bar_config(disable=True)
+    tokens, render = tokens_and_render(config)
+    direct = HP3Pipeline(pipe, tiny_hp3_model(config, seed=3, trained=True))
+    assert torch.equal(run(hp3, head_tokens=tokens, render=render), run(direct, head_tokens=tokens, render=render))
+    with pytest.raises(HP3Error, match="single file"):
+        HP3Pipeline.from_files(tmp_path / "hp3.safetensors", tmp_path / "hp3.safetensors")
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "hp3_core", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_generate_command_end_to_end(tiny, assets, tmp_path):
+    from hp3_core.image_io import load_image
+    pipe, _ = tiny
+    pipe.save_pretrained(tmp_path / "base")
+    write_tiny_pack(tmp_path / "insightface", "antelopev2")
+    write_tiny_clip_folder(tmp_path / "clip")
+    write_tiny_hp3(tmp_path / "hp3.safetensors", "sd15", seed=3, trained=True)
+    out = tmp_path / "out" / "image.png"
+    args = ["generate", "--base", str(tmp_path / "base"), "--hp3", str(tmp_path / "hp3.safetensors"),
+            "--source", str(assets / "faces" / "source_s42.jpg"), "--driving", str(assets / "faces" / "driving_d19.jpg"),
+            "--prompt", "a portrait of a person", "--out", str(out), "--models-dir", str(tmp_path / "insightface"),
+            "--clip-vision", str(tmp_path / "clip"), "--detection", "mediapipe", "--backend", "mediapipe",
+            "--steps", "2", "--width", "128", "--height", "64", "--seed", "1"]
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    image = load_image(out)
+    assert image.shape == (64, 128, 3)
+    render = load_image(out.with_name("image_shaded.png"))
+    assert render.ndim == 3 and render.shape[-1] == 3 and np.asarray(render).max() > 0
+    bad = cli(*[a if a != str(tmp_path / "base") else str(tmp_path / "nope") for a in args])
+    assert bad.returncode != 0 and "not a diffusers pipeline folder" in bad.stderr
+    assert "Traceback" not in bad.stderr
