@@ -65,7 +65,7 @@ def _as_renders(render: torch.Tensor) -> torch.Tensor:
         render = render.unsqueeze(0)
     if render.dim() != 4 or render.shape[-1] != 3:
         raise HP3Error(f"render must be [H, W, 3] or [B, H, W, 3] (RGB, 0..1), got shape {list(render.shape)}")
-    return render.float()
+    return render.float().movedim(-1, 1)  # [B, 3, H, W]
 
 
 class HP3Pipeline:

@@ -13,6 +13,7 @@ import torch
 from harness.tiny_clip import write_tiny_clip_folder
 from harness.tiny_hp3 import tiny_hp3_config, tiny_hp3_model, write_tiny_hp3
 from harness.tiny_onnx import write_tiny_pack
+from hp3_core.connector import ModulatedGroupNorm
 from hp3_core.errors import HP3Error
 from hp3_core.pipeline import HP3Pipeline, center_resize
 from hp3_core.unet_convert import unet_config
@@ -59,7 +60,7 @@ def tiny_sd15_pipe(tmp_path, seed: int = 0):
                                             max_position_embeddings=16, eos_token_id=1, bos_token_id=0,
                                             pad_token_id=1))
     pipe = StableDiffusionPipeline(vae=vae.eval(), text_encoder=text.eval(), tokenizer=tokenizer, unet=unet.eval(),
-                                   scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
+                                   scheduler=DDIMScheduler(steps_offset=1, clip_sample=False), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe, config
@@ -106,8 +107,8 @@ def test_trained_hp3_changes_the_image_and_strength_zero_or_outside_the_window_d
     assert torch.equal(run(hp3, head_tokens=tokens, render=render), out), "deterministic"
     no_cfg = run(hp3, head_tokens=tokens, render=render, guidance_scale=1.0)
     assert not torch.equal(no_cfg, run(pipe, guidance_scale=1.0)), "without CFG every row is conditional"
-    assert not any(isinstance(r.norm1, torch.nn.Module) and type(r.norm1).__name__ == "ModulatedGroupNorm"
-                   for b in pipe.unet.up_blocks for r in b.resnets), "hooks removed after the call"
+    assert not any(isinstance(r.norm1, ModulatedGroupNorm) for b in pipe.unet.up_blocks for r in b.resnets), \
+        "hooks removed after the call"
 
 
 def test_controller_sees_only_the_conditional_rows(tiny, monkeypatch):
@@ -194,3 +195,49 @@ def test_generate_command_end_to_end(tiny, assets, tmp_path):
     bad = cli(*[a if a != str(tmp_path / "base") else str(tmp_path / "nope") for a in args])
     assert bad.returncode != 0 and "not a diffusers pipeline folder" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def tiny_sdxl_pipe(tmp_path, seed: int = 0):
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    tokenizer = write_tokenizer(tmp_path / "tok")
+    config = tiny_hp3_config("sdxl")
+    text_cfg = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                    vocab_size=len(tokenizer), max_position_embeddings=16, eos_token_id=1, bos_token_id=0,
+                    pad_token_id=1)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**unet_config(config, sample_size=SIZE // 8))
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16),
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            layers_per_block=1, norm_num_groups=8, sample_size=SIZE)
+        text = CLIPTextModel(CLIPTextConfig(**text_cfg))
+        text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text_cfg, projection_dim=64))
+    pipe = StableDiffusionXLPipeline(vae=vae.eval(), text_encoder=text.eval(), text_encoder_2=text_2.eval(),
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet.eval(),
+                                     scheduler=EulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, config
+
+
+def test_sdxl_pipeline(tmp_path, monkeypatch):
+    pipe, config = tiny_sdxl_pipe(tmp_path)
+    base = run(pipe)
+    tokens, render = tokens_and_render(config, h=80, w=48)
+    assert torch.equal(run(HP3Pipeline(pipe, tiny_hp3_model(config)), head_tokens=tokens, render=render), base)
+    model = tiny_hp3_model(config, seed=3, trained=True)
+    seen = []
+    real = model.conditions
+
+    def spy(sample, timesteps, tokens_, hint, y=None):
+        seen.append(y)
+        return real(sample, timesteps, tokens_, hint, y)
+
+    monkeypatch.setattr(model, "conditions", spy)
+    out = run(HP3Pipeline(pipe, model), head_tokens=tokens, render=render)
+    assert (out - base).abs().max() > 1e-3
+    assert len(seen) == 3 and all(y.shape == (1, config.controller.projection_class_embeddings_input_dim)
+                                  for y in seen), "y of the conditional row only"
+    assert torch.equal(run(HP3Pipeline(pipe, model), head_tokens=tokens, render=render, strength=0.0), base)
+    with pytest.raises(HP3Error, match="trained for .*SD ?1.5"):
+        HP3Pipeline(pipe, tiny_hp3_model(tiny_hp3_config("sd15")))

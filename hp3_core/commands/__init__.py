@@ -1,4 +1,4 @@
 """CLI commands, one module each (see :mod:`hp3_core.cli`)."""
-from . import bench, demo, encode, info, init, retarget
+from . import bench, demo, encode, generate, info, init, retarget
 
-COMMANDS = [info, init, retarget, encode, bench, demo]
+COMMANDS = [info, init, retarget, encode, generate, bench, demo]
