@@ -94,6 +94,15 @@ def active(state: ActiveConditions | None) -> Iterator[None]:
         _active.reset(token)
 
 
+def enter_active(state: ActiveConditions | None) -> contextvars.Token:
+    """Like :func:`active` for hosts that enter and leave in separate hooks (before/after a call)."""
+    return _active.set(state)
+
+
+def leave_active(token: contextvars.Token) -> None:
+    _active.reset(token)
+
+
 def _condition(state: ActiveConditions, index: int, like: torch.Tensor) -> torch.Tensor:
     c = state.conditions[index]
     if c.shape[-2:] != like.shape[-2:]:  # odd latent sizes: the UNet pads/crops by one

@@ -26,14 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
-from .connector import ActiveConditions, _active
+from .connector import ActiveConditions, enter_active, leave_active
 from .diffusers_patch import installed, sdxl_added_cond
 from .errors import HP3Error
+from .hint import conditions_for_rows, hint_frames
 from .weights import check_family, load_hp3_weights
 
-HINT_SCALE = 8  # the hint is at pixel resolution: 8x the latent
 
 
 def pipeline_family(pipe) -> str:
@@ -42,20 +41,6 @@ def pipeline_family(pipe) -> str:
     if unet is None:
         raise HP3Error(f"{type(pipe).__name__} has no UNet; HP3 needs a Stable Diffusion 1.5 or SDXL pipeline")
     return "sdxl" if getattr(unet.config, "addition_embed_type", None) == "text_time" else "sd15"
-
-
-def center_resize(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """[B, C, H, W] -> [B, C, height, width]: centre-crop to the aspect, then bilinear resize
-    (ComfyUI's ``common_upscale(..., "bilinear", "center")``)."""
-    old_h, old_w = images.shape[-2:]
-    old_aspect, new_aspect = old_w / old_h, width / height
-    x = y = 0
-    if old_aspect > new_aspect:
-        x = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
-    elif old_aspect < new_aspect:
-        y = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
-    cropped = images.narrow(-2, y, old_h - 2 * y).narrow(-1, x, old_w - 2 * x)
-    return F.interpolate(cropped, size=(height, width), mode="bilinear")
 
 
 def _as_renders(render: torch.Tensor) -> torch.Tensor:
@@ -165,7 +150,7 @@ class HP3Pipeline:
 
     def _after(self, state: _RunState) -> None:
         if state.token is not None:
-            _active.reset(state.token)
+            leave_active(state.token)
             state.token = None
 
     def _before(self, unet, args, kwargs, state: _RunState) -> None:
@@ -176,11 +161,12 @@ class HP3Pipeline:
         self._after(state)
         active = self.conditions_for(unet, args, kwargs, state, step / total)
         if active is not None:
-            state.token = _active.set(active)
+            state.token = enter_active(active)
 
     def conditions_for(self, unet, args, kwargs, state: _RunState, fraction: float) -> ActiveConditions | None:
         """The :class:`ActiveConditions` of one UNet call, or None (the base UNet) when HP3 is off."""
-        if state.strength == 0 or not (state.start <= fraction < state.end or (state.end >= 1 and fraction >= state.start)):
+        in_window = state.start <= fraction < state.end or (state.end >= 1 and fraction >= state.start)
+        if state.strength == 0 or not in_window:
             return None
         sample = args[0] if args else kwargs["sample"]
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
@@ -193,8 +179,7 @@ class HP3Pipeline:
         t = t.expand(batch) if t.numel() == 1 else t
         dtype = _dtype_of(self.hp3)
         h, w = sample.shape[-2:]
-        hint = center_resize(state.renders, w * HINT_SCALE, h * HINT_SCALE)
-        hint = hint[torch.arange(n, device=hint.device) % hint.shape[0]]
+        hint = hint_frames(state.renders, h, w, n)
         tokens = state.tokens.unsqueeze(0).expand(n, *state.tokens.shape)
         y = None
         if self.family == "sdxl":
@@ -205,19 +190,8 @@ class HP3Pipeline:
             y = sdxl_added_cond(unet, added["text_embeds"][rows], added["time_ids"][rows]).to(dtype)
         with torch.no_grad():
             conds = self.hp3.conditions(sample[rows].to(dtype), t[rows], tokens.to(dtype), hint.to(dtype), y)
-        if not all(bool(torch.isfinite(c).all()) for c in conds):
-            raise HP3Error(f"the HP3 head conditions are not finite (NaN/inf) at timestep {float(t[-1]):.4g}; "
-                           f"the HP3 weights '{self.weights_path}' or the inputs are damaged")
-        strengths = torch.zeros(batch, device=sample.device)
-        strengths[rows] = state.strength
-        if n < batch:  # unconditional rows: zero conditions, strength 0 (exactly the base UNet)
-            full = []
-            for c in conds:
-                z = torch.zeros((batch, *c.shape[1:]), device=c.device, dtype=c.dtype)
-                z[rows] = c
-                full.append(z)
-            conds = full
-        return ActiveConditions(conditions=list(conds), rows=strengths, connector=self.hp3.connector)
+        return conditions_for_rows(conds, rows, batch, state.strength, self.hp3.connector,
+                                   f"the HP3 weights '{self.weights_path}'")
 
 
 class _RunState:

@@ -26,18 +26,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from ..hp3_core import connector as hp3_connector
-from ..hp3_core.connector import ActiveConditions, ModulatedGroupNorm
+from ..hp3_core.connector import ModulatedGroupNorm
 from ..hp3_core.errors import HP3Error
+from ..hp3_core.hint import center_resize, conditions_for_rows, hint_frames
 from ..hp3_core.weights import check_family
 from .model_family import model_family
 
 log = logging.getLogger(__name__)
 
 IN_MEMORY = "<in-memory HP3 model>"
-HINT_SCALE = 8  # the hint is at pixel resolution: 8x the latent
 
 
 def _is_hp3_model(obj: Any) -> bool:
@@ -111,7 +110,7 @@ def _renders(head3d: Any) -> torch.Tensor:
         if f.ndim != 4 or f.shape[-1] != 3:
             raise HP3Error(f"a shaded render must be [1, H, W, 3], got {list(f.shape)}")
         if tuple(f.shape[1:3]) != (h, w):  # driving frames of other sizes: to the first's size
-            f = _center_resize(f.movedim(-1, 1), w, h).movedim(1, -1)
+            f = center_resize(f.movedim(-1, 1), w, h).movedim(1, -1)
         out.append(f)
     return torch.cat(out).contiguous()
 
@@ -147,15 +146,6 @@ def make_conditions(hp3_model: Any, head: Any, head3d: Any, strength: float = 1.
                          start_percent=float(start_percent), end_percent=float(end_percent),
                          backend=backend, full_head=bool(getattr(head3d, "full_head", True)),
                          weights_path=path)
-
-
-def _center_resize(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """[B, C, H, W] -> [B, C, height, width]: center-crop to the aspect, then resize (ComfyUI's hint)."""
-    try:
-        import comfy.utils
-        return comfy.utils.common_upscale(images, width, height, "bilinear", "center")
-    except ImportError:  # pragma: no cover - only outside a host
-        return F.interpolate(images, size=(height, width), mode="bilinear")
 
 
 class _SharedPatch:
@@ -257,34 +247,16 @@ class HP3UNetWrapper(_SharedPatch):
             y = y.to(x.device)[idx]
         with torch.no_grad():
             conds = model.conditions(sample, timesteps, tokens, hint, y)
-        finite = torch.stack([torch.isfinite(t).all() for t in conds])
-        if not bool(finite.all()):  # one host sync per step, not one per block
-            i = int((~finite).nonzero()[0])
-            raise HP3Error(f"the HP3 head conditions are not finite (NaN/inf) at decoder block {i} "
-                               f"(sigma {float(sig[0]):.4g}); the HP3 weights '{cond.weights_path}' or the "
-                               f"inputs are damaged, or the model runs in a precision too low for them")
-        strengths = torch.zeros(batch, device=x.device, dtype=torch.float32)
-        strengths[idx] = float(cond.strength)
-        if len(rows) < batch:  # rows without HP3 get zero conditions (and strength 0)
-            full = []
-            for t in conds:
-                z = torch.zeros((batch, *t.shape[1:]), device=t.device, dtype=t.dtype)
-                z[idx] = t
-                full.append(z)
-            conds = full
-        return ActiveConditions(conditions=list(conds), rows=strengths, connector=model.connector)
+        return conditions_for_rows(conds, idx, batch, cond.strength, model.connector,
+                                   f"the HP3 weights '{cond.weights_path}' (sigma {float(sig[0]):.4g})")
 
     def hint(self, h: int, w: int, per_chunk: int, device: torch.device) -> torch.Tensor:
         """[per_chunk, 3, 8h, 8w] renders: center-cropped, resized, frames mapped to the rows."""
         key = (h, w, per_chunk, str(device))
         cached = self._hints.get(key)
         if cached is None:  # the same every step: resize once per latent size
-            renders = self.conditions.renders
-            frames = renders.shape[0]
-            images = _center_resize(renders.to(device).movedim(-1, 1), w * HINT_SCALE, h * HINT_SCALE)
-            # F == rows: one frame per row; F == 1: broadcast; otherwise the frames repeat.
-            order = torch.arange(per_chunk, device=device) % frames
-            cached = self._hints[key] = images[order]
+            renders = self.conditions.renders.to(device).movedim(-1, 1)
+            cached = self._hints[key] = hint_frames(renders, h, w, per_chunk)
         return cached
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.tiny_onnx import write_tiny_arcface, write_tiny_pack, write_tiny_scrfd
-from hp3_core.errors import InputImageError, MissingDependencyError, MissingModelFileError
+from harness.tiny_onnx import write_tiny_arcface, write_tiny_pack
+from hp3_core.errors import InputImageError, MissingModelFileError
 from hp3_core.head_encoder import face_analysis as fa
 
 REPO = Path(__file__).resolve().parent.parent

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from hp3_core.errors import InputImageError
-from hp3_core.head3d.camera import project_to_image
 from hp3_core.head3d.face_landmarks import shared_landmarker
 from hp3_core.head3d.mediapipe_head import NUM_POINTS, mouth_opening, topology
 from hp3_core.head3d.reconstructor import MediaPipeReconstructor, reconstruct

@@ -15,7 +15,8 @@ from harness.tiny_hp3 import tiny_hp3_config, tiny_hp3_model, write_tiny_hp3
 from harness.tiny_onnx import write_tiny_pack
 from hp3_core.connector import ModulatedGroupNorm
 from hp3_core.errors import HP3Error
-from hp3_core.pipeline import HP3Pipeline, center_resize
+from hp3_core.hint import center_resize
+from hp3_core.pipeline import HP3Pipeline
 from hp3_core.unet_convert import unet_config
 
 WORDS = ["a", "photo", "of", "person", "portrait", "smiling", "man", "woman"]
@@ -60,7 +61,8 @@ def tiny_sd15_pipe(tmp_path, seed: int = 0):
                                             max_position_embeddings=16, eos_token_id=1, bos_token_id=0,
                                             pad_token_id=1))
     pipe = StableDiffusionPipeline(vae=vae.eval(), text_encoder=text.eval(), tokenizer=tokenizer, unet=unet.eval(),
-                                   scheduler=DDIMScheduler(steps_offset=1, clip_sample=False), safety_checker=None, feature_extractor=None,
+                                   scheduler=DDIMScheduler(steps_offset=1, clip_sample=False), safety_checker=None,
+                                   feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe, config
@@ -182,7 +184,8 @@ def test_generate_command_end_to_end(tiny, assets, tmp_path):
     write_tiny_hp3(tmp_path / "hp3.safetensors", "sd15", seed=3, trained=True)
     out = tmp_path / "out" / "image.png"
     args = ["generate", "--base", str(tmp_path / "base"), "--hp3", str(tmp_path / "hp3.safetensors"),
-            "--source", str(assets / "faces" / "source_s42.jpg"), "--driving", str(assets / "faces" / "driving_d19.jpg"),
+            "--source", str(assets / "faces" / "source_s42.jpg"),
+            "--driving", str(assets / "faces" / "driving_d19.jpg"),
             "--prompt", "a portrait of a person", "--out", str(out), "--models-dir", str(tmp_path / "insightface"),
             "--clip-vision", str(tmp_path / "clip"), "--detection", "mediapipe", "--backend", "mediapipe",
             "--steps", "2", "--width", "128", "--height", "64", "--seed", "1"]

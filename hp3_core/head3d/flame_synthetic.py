@@ -299,7 +299,7 @@ def make_synthetic_flame(n_vertices: int = 1200, n_shape: int = FLAME_N_SHAPE,
     eye_ids = [np.arange(nh, nh + n_eye), np.arange(nh + n_eye, n_v)]
 
     # Skinning weights.
-    x, y, z = head[:, 0], head[:, 1], head[:, 2]
+    y, z = head[:, 1], head[:, 2]
     root = 1.0 - _smoothstep(-0.095, -0.075, y)
     jaw = ((1.0 - _smoothstep(-0.035, -0.02, y)) * _smoothstep(-0.085, -0.07, y)
            * _smoothstep(0.0, 0.03, z))
