@@ -128,21 +128,36 @@ def inject(index: int, h: torch.Tensor) -> torch.Tensor:
 class ModulatedGroupNorm(nn.Module):
     """A decoder block's own first GroupNorm, followed by the connector's modulation.
 
-    Wraps the original module (shared, not copied): ``y = n + rows * (n * scale + shift)``.
+    ``y = n + rows * (n * scale + shift)`` with ``n`` the original GroupNorm. It holds the
+    original's ``weight`` and ``bias`` (the same Parameter objects, no copy) under the same names,
+    so the host's weight patches (LoRAs, model merges) still find ``...in_layers.0.weight`` and
+    apply to it while HP3 is installed.
     """
 
-    def __init__(self, norm: nn.Module, index: int) -> None:
+    def __init__(self, norm: nn.GroupNorm, index: int) -> None:
         super().__init__()
-        self.norm = norm
+        self.num_groups = norm.num_groups
+        self.eps = norm.eps
+        self.weight = norm.weight
+        self.bias = norm.bias
         self.index = index
+        self._original = (norm,)  # a tuple: kept for restoring, not registered as a submodule
+
+    @property
+    def original(self) -> nn.Module:
+        """The GroupNorm this replaces (hosts put it back when HP3 is removed)."""
+        return self._original[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.norm(x)
+        # Cast like ComfyUI's manual-cast ops: weights may be stored in another dtype/device.
+        w = None if self.weight is None else self.weight.to(device=x.device, dtype=x.dtype)
+        b = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype)
+        n = F.group_norm(x, self.num_groups, w, b, self.eps)
         state = _active.get()
         if state is None:
             return n
         block = state.connector.blocks[self.index]
         c = _condition(state, self.index, n)
-        w = block.scale_conv.weight
-        scale, shift = block.modulation(c.to(w.device, w.dtype))
+        cw = block.scale_conv.weight
+        scale, shift = block.modulation(c.to(cw.device, cw.dtype))
         return n + _rows(state, n) * (n * scale.to(n.dtype) + shift.to(n.dtype))

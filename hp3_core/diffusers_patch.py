@@ -134,7 +134,7 @@ def remove(handle: HP3Handle) -> None:
         hook.remove()
     for resnet in handle.resnets:
         if isinstance(resnet.norm1, ModulatedGroupNorm):
-            resnet.norm1 = resnet.norm1.norm
+            resnet.norm1 = resnet.norm1.original
     handle.removed = True
 
 

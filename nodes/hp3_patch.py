@@ -296,7 +296,7 @@ def apply_hp3(model_patcher: Any, conditions: HP3Conditions | None) -> Any:
             raise HP3Error(f"decoder block {i} of this MODEL is not a ResBlock; HP3 supports SD1.5/SDXL "
                            f"UNets") from None
         while isinstance(norm, ModulatedGroupNorm):  # the model is loaded with another HP3 clone
-            norm = norm.norm
+            norm = norm.original
         channels = getattr(norm, "num_channels", dec + skip)
         if channels != dec + skip:
             raise HP3Error(f"HP3 weights '{conditions.weights_path}' do not fit this MODEL: decoder block {i} "

@@ -213,7 +213,7 @@ def test_weights_are_shared_not_copied(comfy, tiny_model, patch_mod, trained_hp3
     assert copied is a.model_options["model_function_wrapper"], "patch objects are shared, not copied"
     assert copied.conditions.model.connector.blocks[0].inject.weight.data_ptr() == ptr
     assert copy.deepcopy(cond).model is trained_hp3
-    assert a.object_patches["diffusion_model.output_blocks.3.0.in_layers.0"].norm is \
+    assert a.object_patches["diffusion_model.output_blocks.3.0.in_layers.0"].original is \
         tiny_model.model.diffusion_model.output_blocks[3][0].in_layers[0], "the UNet's own GroupNorm, wrapped"
 
 
@@ -395,3 +395,21 @@ def test_core_controlnet_still_works_on_the_same_model(comfy, tiny_model, patch_
     hp3_only = sample(apply(patch_mod, tiny_model, trained_hp3))
     assert torch.isfinite(both).all()
     assert not torch.allclose(both, with_cn, atol=1e-4) and not torch.allclose(both, hp3_only, atol=1e-4)
+
+
+def test_weight_patches_still_reach_the_wrapped_groupnorm(comfy, tiny_model, patch_mod, trained_hp3):
+    """A LoRA or model merge that patches a decoder GroupNorm keeps working while HP3 is installed:
+    the wrapper keeps the original's parameter names, so the host finds and patches them."""
+    import comfy.model_management
+    patched = patch_mod.apply_hp3(tiny_model, patch_mod.make_conditions(trained_hp3, make_head(), make_head3d()))
+    key = "diffusion_model.output_blocks.3.0.in_layers.0.weight"
+    patched.add_patches({key: (torch.full_like(tiny_model.model.state_dict()[key], 0.5),)}, 1.0, 1.0)
+    comfy.model_management.load_model_gpu(patched)
+    try:
+        wrapper = patched.model.diffusion_model.output_blocks[3][0].in_layers[0]
+        assert isinstance(wrapper, patch_mod.ModulatedGroupNorm)
+        assert set(dict(wrapper.named_parameters())) == {"weight", "bias"}
+        assert not torch.equal(wrapper.weight, wrapper.original.weight), "the patch reached the norm HP3 uses"
+    finally:
+        comfy.model_management.unload_all_models()
+    assert tiny_model.model.diffusion_model.output_blocks[3][0].in_layers[0] is wrapper.original
