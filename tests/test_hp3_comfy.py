@@ -89,12 +89,15 @@ def apply(patch_mod, mp, hp3, frames=1, **kw):
     return patch_mod.apply_hp3(mp, cond)
 
 
-def direct_prediction(patched, x, sigma, context, cond_or_uncond):
-    """One model call through the MODEL's wrapper (object patches installed, then removed)."""
+def direct_prediction(patched, x, sigma, context, cond_or_uncond, y=None):
+    """One model call through the MODEL's wrapper (object patches installed, then removed);
+    ``y`` is SDXL's added conditioning."""
     base = patched.model
     to = dict(patched.model_options["transformer_options"])
     to["cond_or_uncond"] = list(cond_or_uncond)
     c = {"c_crossattn": context, "transformer_options": to}
+    if y is not None:
+        c["y"] = y
     patched.patch_model()
     try:
         with torch.inference_mode():

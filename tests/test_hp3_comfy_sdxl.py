@@ -10,7 +10,7 @@ import torch
 
 from harness.comfy_inprocess import init_parameters
 from harness.tiny_hp3 import tiny_hp3_config, tiny_hp3_model
-from test_hp3_comfy import apply, make_head, make_head3d
+from test_hp3_comfy import apply, direct_prediction
 
 TINY_SDXL_UNET = {
     "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
@@ -45,19 +45,7 @@ def tiny_sdxl(comfy):
 
 
 def prediction(mp, x, sigma, context, y, cond_or_uncond):
-    """One model call through the MODEL's wrapper (object patches installed, then removed)."""
-    base = mp.model
-    to = dict(mp.model_options["transformer_options"])
-    to["cond_or_uncond"] = list(cond_or_uncond)
-    c = {"c_crossattn": context, "y": y, "transformer_options": to}
-    mp.patch_model()
-    try:
-        with torch.inference_mode():
-            wrapper = mp.model_options.get("model_function_wrapper")
-            args = {"input": x, "timestep": sigma, "c": c, "cond_or_uncond": list(cond_or_uncond)}
-            return wrapper(base.apply_model, args) if wrapper else base.apply_model(x, sigma, **c)
-    finally:
-        mp.unpatch_model()
+    return direct_prediction(mp, x, sigma, context, cond_or_uncond, y=y)
 
 
 def inputs(batch=2, size=(8, 8)):
