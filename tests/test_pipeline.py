@@ -45,21 +45,29 @@ def write_tokenizer(folder):
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
 
 
+def tiny_vae():
+    from diffusers import AutoencoderKL
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16),
+                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                         layers_per_block=1, norm_num_groups=8, sample_size=SIZE)
+
+
+def tiny_text_config(tokenizer) -> dict:
+    return dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                vocab_size=len(tokenizer), max_position_embeddings=16, eos_token_id=1, bos_token_id=0,
+                pad_token_id=1)
+
+
 def tiny_sd15_pipe(tmp_path, seed: int = 0):
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     tokenizer = write_tokenizer(tmp_path / "tok")
     config = tiny_hp3_config("sd15")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**unet_config(config, sample_size=SIZE // 8))
-        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16),
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            layers_per_block=1, norm_num_groups=8, sample_size=SIZE)
-        text = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                            num_attention_heads=4, vocab_size=len(tokenizer),
-                                            max_position_embeddings=16, eos_token_id=1, bos_token_id=0,
-                                            pad_token_id=1))
+        vae = tiny_vae()
+        text = CLIPTextModel(CLIPTextConfig(**tiny_text_config(tokenizer)))
     pipe = StableDiffusionPipeline(vae=vae.eval(), text_encoder=text.eval(), tokenizer=tokenizer, unet=unet.eval(),
                                    scheduler=DDIMScheduler(steps_offset=1, clip_sample=False), safety_checker=None,
                                    feature_extractor=None,
@@ -201,19 +209,15 @@ def test_generate_command_end_to_end(tiny, assets, tmp_path):
 
 
 def tiny_sdxl_pipe(tmp_path, seed: int = 0):
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
     tokenizer = write_tokenizer(tmp_path / "tok")
     config = tiny_hp3_config("sdxl")
-    text_cfg = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                    vocab_size=len(tokenizer), max_position_embeddings=16, eos_token_id=1, bos_token_id=0,
-                    pad_token_id=1)
+    text_cfg = tiny_text_config(tokenizer)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**unet_config(config, sample_size=SIZE // 8))
-        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16),
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            layers_per_block=1, norm_num_groups=8, sample_size=SIZE)
+        vae = tiny_vae()
         text = CLIPTextModel(CLIPTextConfig(**text_cfg))
         text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text_cfg, projection_dim=64))
     pipe = StableDiffusionXLPipeline(vae=vae.eval(), text_encoder=text.eval(), text_encoder_2=text_2.eval(),
