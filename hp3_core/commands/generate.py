@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,17 +48,78 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass
+class GenerationModels:
+    """Everything a generation needs, loaded once and reused for many images (``evaluate``).
+
+    Attributes:
+        hp3: the HP3 pipeline (base diffusers pipeline + HP3 weights) on ``device``.
+        analyzer: the insightface analyzer that encodes source heads.
+        clip: the CLIP vision encoder of the head encoder.
+        reconstructor: the 3D backend of the retargeted render.
+        device: "cpu" or "cuda".
+    """
+
+    hp3: Any
+    analyzer: Any
+    clip: Any
+    reconstructor: Any
+    device: str
+
+
+def load_models(base: str | Path, hp3_path: str | Path, models_dir: list[str], clip_vision: str | Path,
+                pack: str = "auto", detection: str = "insightface", backend: str = "auto",
+                device: str = "cpu") -> GenerationModels:
+    """Load the pipeline, the head encoder's models and the 3D backend (``generate``'s options)."""
     import torch
 
     from ..head_encoder.clip_vision import ClipVisionEncoder
-    from ..head_encoder.encode_heads import encode_heads
     from ..head_encoder.face_analysis import InsightFaceAnalyzer
-    from ..head3d.retarget_images import retarget_images
     from ..pipeline import HP3Pipeline
 
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         raise HP3Error("--device cuda: no CUDA device is available; use --device cpu")
+    hp3 = HP3Pipeline.from_files(base, hp3_path, device=device)
+    hp3.pipe.set_progress_bar_config(disable=True)
+    analyzer = InsightFaceAnalyzer(models_dir, pack=pack, detection=detection)
+    clip = ClipVisionEncoder.from_local(clip_vision, device=device)
+    reconstructor = build_reconstructor(backend, model_folders(models_dir, "smirk"),
+                                        model_folders(models_dir, "flame"), device=device)
+    return GenerationModels(hp3=hp3, analyzer=analyzer, clip=clip, reconstructor=reconstructor, device=device)
+
+
+def encode_sources(models: GenerationModels, sources: list[np.ndarray], names: list[str]):
+    """The source person's :class:`~hp3_core.head_encoder.features.HeadFeatures` (once per person)."""
+    from ..head_encoder.encode_heads import encode_heads
+    return encode_heads(sources, models.analyzer, models.clip.encode, names=names)
+
+
+def driving_render(models: GenerationModels, source: np.ndarray, driving: np.ndarray,
+                   source_name: str = "the source image"):
+    """The source head retargeted to ``driving``: ``(shaded [H, W, 3] float 0..1 tensor, RetargetResult)``."""
+    from ..head3d.retarget_images import retarget_images
+    result = retarget_images(models.reconstructor, source, [driving], source_name=source_name)
+    return result.maps[0].shaded[0].float().clamp(0, 1), result
+
+
+def generate_image(models: GenerationModels, features, shaded, prompt: str, negative_prompt: str | None = None,
+                   steps: int = 30, guidance: float = 7.0, seed: int = 0, strength: float = 1.0,
+                   start: float = 0.0, end: float = 1.0, width: int | None = None,
+                   height: int | None = None) -> np.ndarray:
+    """One image, RGB uint8 [H, W, 3] (the generator is seeded with ``seed`` on ``models.device``)."""
+    import torch
+
+    generator = torch.Generator(device=models.device).manual_seed(seed)
+    with torch.no_grad():
+        output = models.hp3(prompt=prompt, head_tokens=features, render=shaded, strength=strength,
+                            start=start, end=end, negative_prompt=negative_prompt,
+                            num_inference_steps=steps, guidance_scale=guidance, generator=generator,
+                            width=width, height=height, output_type="np")
+    image = np.asarray(output.images[0])
+    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise HP3Error(f"--out must be a .png or .jpg file, got '{args.out}'")
@@ -64,31 +127,19 @@ def run(args: argparse.Namespace) -> int:
         if v <= 0:
             raise HP3Error(f"{n} must be positive, got {v}")
 
-    hp3 = HP3Pipeline.from_files(args.base, args.hp3, device=args.device)
-    hp3.pipe.set_progress_bar_config(disable=True)
-
+    models = load_models(args.base, args.hp3, args.models_dir, args.clip_vision, pack=args.pack,
+                         detection=args.detection, backend=args.backend, device=args.device)
     sources = [load_image(p) for p in args.source]
-    analyzer = InsightFaceAnalyzer(args.models_dir, pack=args.pack, detection=args.detection)
-    clip = ClipVisionEncoder.from_local(args.clip_vision, device=args.device)
-    features = encode_heads(sources, analyzer, clip.encode, names=[f"source '{p}'" for p in args.source])
-
-    reconstructor = build_reconstructor(args.backend, model_folders(args.models_dir, "smirk"),
-                                        model_folders(args.models_dir, "flame"), device=args.device)
-    result = retarget_images(reconstructor, sources[0], [load_image(args.driving)],
-                             source_name=f"source '{args.source[0]}'")
-    shaded = result.maps[0].shaded[0].float().clamp(0, 1)  # [H, W, 3]
-
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    with torch.no_grad():
-        output = hp3(prompt=args.prompt, head_tokens=features, render=shaded, strength=args.strength,
-                     start=args.start, end=args.end, negative_prompt=args.negative_prompt,
-                     num_inference_steps=args.steps, guidance_scale=args.guidance, generator=generator,
-                     width=args.width, height=args.height, output_type="np")
-    image = np.asarray(output.images[0])
+    features = encode_sources(models, sources, [f"source '{p}'" for p in args.source])
+    shaded, result = driving_render(models, sources[0], load_image(args.driving),
+                                    source_name=f"source '{args.source[0]}'")
+    image = generate_image(models, features, shaded, args.prompt, args.negative_prompt, steps=args.steps,
+                           guidance=args.guidance, seed=args.seed, strength=args.strength, start=args.start,
+                           end=args.end, width=args.width, height=args.height)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_image(out, (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
+    save_image(out, image)
     render_path = out.with_name(f"{out.stem}_shaded.png")
     save_image(render_path, (shaded.cpu().numpy() * 255 + 0.5).astype(np.uint8))
-    log.info("%s: %dx%d, %d steps, HP3 strength %g (%s backend) -> %s (render: %s)", hp3.family, image.shape[1],
-             image.shape[0], args.steps, args.strength, result.backend, out, render_path)
+    log.info("%s: %dx%d, %d steps, HP3 strength %g (%s backend) -> %s (render: %s)", models.hp3.family,
+             image.shape[1], image.shape[0], args.steps, args.strength, result.backend, out, render_path)
     return 0

@@ -1,0 +1,67 @@
+"""``build-dataset``: ID-group folders of images/videos with captions -> an HP3 training set.
+
+See :mod:`hp3_core.dataset.builder` (the pipeline) and :mod:`hp3_core.dataset.manifest` (what the
+output folder holds). Rerunning on the same ``--out`` resumes: finished items are not redone.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ..head3d.reconstructor import BACKENDS
+from ..head_encoder.face_analysis import DETECTIONS, PACK_CHOICES
+
+NAME = "build-dataset"
+HELP = "build (or resume) an HP3 training set from one folder per identity (images, videos, captions)"
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..dataset.dedup import DEFAULT_THRESHOLD
+    from ..dataset.frame_select import SECOND_FACE_RATIO
+    p.add_argument("--input", required=True,
+                   help="folder with one sub-folder per identity: images/videos + <stem>.txt or captions.json")
+    p.add_argument("--out", required=True, help="dataset folder to write (an earlier one with the same settings "
+                                                "is resumed)")
+    p.add_argument("--size", type=int, default=512, help="side of the square training images, pixels")
+    p.add_argument("--fps", type=float, default=2.0, help="video frames sampled per second of video")
+    p.add_argument("--max-frames-per-video", type=int, default=None,
+                   help="at most N frames sampled per video (default: no limit)")
+    p.add_argument("--dedup-threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help="near-duplicate threshold: mean abs grey difference (0..255) of 32x32 thumbnails "
+                        "against the group's earlier frames; 0 keeps all")
+    p.add_argument("--second-face-ratio", type=float, default=SECOND_FACE_RATIO,
+                   help="skip a frame whose second face is at least this fraction of the largest face's size")
+    p.add_argument("--backend", choices=[b for b in BACKENDS if b != "synthetic"], default="auto",
+                   help="3D backend (auto: smirk when its files are found, else mediapipe)")
+    p.add_argument("--smirk-dir", action="append", default=[], help="folder with SMIRK_em1.pt (repeatable)")
+    p.add_argument("--flame-dir", action="append", default=[],
+                   help="folder with the FLAME 2020 generic_model.pkl (repeatable)")
+    p.add_argument("--models-dir", action="append", default=[],
+                   help="insightface folder holding models/<pack>/ (repeatable)")
+    p.add_argument("--pack", choices=PACK_CHOICES, default="auto", help="insightface pack for ArcFace")
+    p.add_argument("--detection", choices=DETECTIONS, default="insightface",
+                   help="face detector of the ArcFace analysis (mediapipe needs no detector file)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes for the per-image work (1: everything in this process)")
+    p.add_argument("--flush-every", type=int, default=8,
+                   help="items written per shard rewrite (a killed run redoes at most these)")
+    p.add_argument("--device", default="cpu", help="torch device of the SMIRK encoder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..dataset.builder import BuildConfig, build_dataset
+    config = BuildConfig(
+        input=Path(args.input), out=Path(args.out), size=args.size, fps=args.fps,
+        max_frames_per_video=args.max_frames_per_video, dedup_threshold=args.dedup_threshold,
+        second_face_ratio=args.second_face_ratio, backend=args.backend, smirk_dirs=args.smirk_dir,
+        flame_dirs=args.flame_dir, face_dirs=args.models_dir, pack=args.pack, detection=args.detection,
+        workers=args.workers, flush_every=args.flush_every, device=args.device,
+        progress_bar=not args.no_progress)
+    summary = build_dataset(config)
+    sys.stdout.write("".join(line + "\n" for line in summary.lines()))
+    return 0

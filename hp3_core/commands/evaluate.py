@@ -1,0 +1,79 @@
+"""``evaluate``: score HP3 (or any method's images) on a protocol: face and head similarity to the
+source, pose and expression error to the driver, CLIPScore, optional FID; writes metrics.csv,
+report.md and one plot per metric (see :mod:`hp3_core.evaluation`)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+
+from ..errors import HP3Error
+from ..head3d.reconstructor import BACKENDS
+from ..head_encoder.face_analysis import DETECTIONS, PACK_CHOICES
+
+NAME = "evaluate"
+HELP = "score generated portraits on a protocol (identity, head, pose/expression, CLIPScore, FID)"
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--protocol", required=True,
+                   help="protocol .yaml/.json (e.g. hp3_core/evaluation/protocols/default.yaml)")
+    p.add_argument("--out", required=True, help="output folder (rerun with the same folder to resume)")
+    p.add_argument("--data-root", default=None, help="folder the protocol's image paths are relative to "
+                                                     "(default: the protocol's folder)")
+    p.add_argument("--generated", default=None,
+                   help="score given images instead of generating: a pattern such as "
+                        "'outputs/{identity}/{prompt_index}_{driver}.png' (relative to --data-root)")
+    g = p.add_argument_group("generation (override the protocol's 'generation:')")
+    g.add_argument("--base", default=None, help="local diffusers pipeline folder")
+    g.add_argument("--hp3", default=None, help="HP3 weights (.safetensors)")
+    g.add_argument("--clip-vision", default=None, help="CLIP vision model of HP3's head encoder")
+    g.add_argument("--steps", type=int, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    m = p.add_argument_group("metric models (override the protocol's 'evaluation:')")
+    m.add_argument("--models-dir", action="append", default=None,
+                   help="insightface folder (models/<pack>/); also searched for SMIRK/FLAME files (repeatable; "
+                        "used for generation too)")
+    m.add_argument("--pack", choices=PACK_CHOICES, default=None, help="insightface pack of face similarity")
+    m.add_argument("--detection", choices=DETECTIONS, default=None, help="face detector (generation and metrics)")
+    m.add_argument("--backend", choices=BACKENDS, default=None, help="3D backend (generation and pose metrics)")
+    m.add_argument("--second-recognizer", default=None, help="a second ArcFace-format .onnx for face_sim_2")
+    m.add_argument("--clip", default=None, help="full CLIPModel folder (CLIPScore; head similarity by default)")
+    m.add_argument("--head-clip", default=None, help="CLIP vision model for head similarity (default: --clip)")
+    m.add_argument("--fid-reference", default=None, help="folder of reference images: compute FID")
+    m.add_argument("--fid-weights", default=None,
+                   help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (never downloaded)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _override(obj, **values):
+    return replace(obj, **{k: v for k, v in values.items() if v is not None})
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..evaluation import GenerationSettings, load_protocol, run_protocol
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise HP3Error("--device cuda: no CUDA device is available; use --device cpu")
+    protocol = load_protocol(args.protocol, args.data_root)
+    settings = _override(protocol.evaluation, models_dir=args.models_dir, pack=args.pack, detection=args.detection,
+                         backend=args.backend, second_recognizer=args.second_recognizer, clip=args.clip,
+                         head_clip=args.head_clip, fid_reference=args.fid_reference, fid_weights=args.fid_weights)
+    generation = protocol.generation
+    if generation is not None or args.base or args.hp3:
+        generation = _override(generation or GenerationSettings(), base=args.base, hp3=args.hp3,
+                               clip_vision=args.clip_vision, models_dir=args.models_dir, detection=args.detection,
+                               backend=args.backend, steps=args.steps, seed=args.seed)
+    summary = run_protocol(protocol, args.out, settings, generation, args.generated, device=args.device,
+                           progress=not args.no_progress)
+    sys.stdout.write(f"{summary.samples} samples: {summary.generated} generated, {summary.scored} scored, "
+                     f"{summary.already_scored} already scored, {summary.failures} with failures\n"
+                     f"report: {summary.report}\nmetrics: {summary.metrics}\n")
+    for col, note in sorted(summary.notes.items()):
+        log.info("%s %s", col, note)
+    return 0
