@@ -94,6 +94,11 @@ def active(state: ActiveConditions | None) -> Iterator[None]:
         _active.reset(token)
 
 
+def current() -> ActiveConditions | None:
+    """The conditions active in this context (None outside :func:`active`)."""
+    return _active.get()
+
+
 def enter_active(state: ActiveConditions | None) -> contextvars.Token:
     """Like :func:`active` for hosts that enter and leave in separate hooks (before/after a call)."""
     return _active.set(state)

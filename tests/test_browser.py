@@ -1,6 +1,7 @@
 """Every workflow in workflows/ loads in the 2024 web UI in headless Chromium."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,44 @@ def test_harness_reports_missing_node_types(browser, comfy_server):
                                      "flags": {}, "order": 0, "mode": 0, "properties": {}}]}
     report = browser.load_workflow(comfy_server.url, wf)
     assert report.missing_node_types == ["NoSuchNodeHP3"]
+
+
+# Zoom the canvas so the whole graph fits the page (the docs' screenshots show every node).
+_FIT_JS = """
+async (wf) => {
+  await app.loadGraphData(wf);
+  const xs = [], ys = [];
+  for (const n of app.graph._nodes) {
+    xs.push(n.pos[0], n.pos[0] + n.size[0]); ys.push(n.pos[1] - 30, n.pos[1] + n.size[1]);
+  }
+  for (const g of app.graph._groups || []) {
+    xs.push(g.pos[0], g.pos[0] + g.size[0]); ys.push(g.pos[1], g.pos[1] + g.size[1]);
+  }
+  const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  const c = app.canvas, w = c.canvas.width, h = c.canvas.height;
+  const scale = Math.min(1, 0.97 * w / (x1 - x0), 0.97 * h / (y1 - y0));
+  c.ds.scale = scale;
+  c.ds.offset = [(w / scale - (x1 - x0)) / 2 - x0, (h / scale - (y1 - y0)) / 2 - y0];
+  c.setDirty(true, true); c.draw(true, true);
+  return scale;
+}
+"""
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_overview_screenshot(browser, comfy_server, path):
+    """The whole graph in one screenshot (test-artifacts/screenshots/<name>_overview.png), as the
+    README's docs/screenshots/ show it."""
+    page = browser.new_page()
+    try:
+        page.goto(comfy_server.url, wait_until="load", timeout=60_000)
+        page.wait_for_function("() => window.app && window.app.graph && "
+                               "Object.keys(LiteGraph.registered_node_types).length > 50", timeout=60_000)
+        page.evaluate("() => { const m = document.querySelector('.comfy-menu'); if (m) m.style.display = 'none'; }")
+        scale = page.evaluate(_FIT_JS, json.loads(path.read_text()))
+        page.wait_for_timeout(500)
+        shot = SCREENSHOTS / f"{path.stem}_overview.png"
+        page.screenshot(path=str(shot))
+    finally:
+        page.close()
+    assert 0 < scale <= 1 and shot.stat().st_size > 10_000

@@ -8,19 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.comfy_inprocess import init_parameters
+from harness.comfy_inprocess import TINY_SDXL_UNET, init_parameters
 from harness.tiny_hp3 import tiny_hp3_config, tiny_hp3_model
 from test_hp3_comfy import apply, direct_prediction
-
-TINY_SDXL_UNET = {
-    "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
-    "num_res_blocks": 2, "channel_mult": [1, 2, 2], "use_spatial_transformer": True, "legacy": False,
-    "context_dim": 64, "adm_in_channels": 64 + 6 * 8, "num_classes": "sequential",
-    "transformer_depth": [0, 0, 1, 1, 1, 1], "transformer_depth_middle": 1,
-    # ComfyUI pops this list from the end: output blocks 0-5 (deepest) have attention, 6-8 none.
-    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 0, 0, 0],
-    "use_linear_in_transformer": True, "use_temporal_attention": False, "use_checkpoint": False,
-}
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """CLI commands, one module each (see :mod:`hp3_core.cli`)."""
-from . import bench, demo, encode, generate, info, init, retarget
+from . import bench, build_dataset, demo, encode, evaluate, generate, info, init, retarget, train
 
-COMMANDS = [info, init, retarget, encode, generate, bench, demo]
+# In the order `--help` lists them: inspect, make weights, run, data + training, measure.
+COMMANDS = [info, init, retarget, encode, generate, demo, build_dataset, train, evaluate, bench]

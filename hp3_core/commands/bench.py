@@ -5,15 +5,19 @@ import argparse
 
 NAME = "bench"
 HELP = ("benchmarks: 'retarget' (3D reconstruction + rendering per 512x512 image), "
-        "'patch' (HP3's cost per sampling step next to an InstantID-like stack)")
-TARGETS = ("retarget", "patch")
+        "'patch' (HP3's cost per sampling step next to an InstantID-like stack), "
+        "'train' (one HP3 training step next to a ControlNet training step)")
+TARGETS = ("retarget", "patch", "train")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", choices=TARGETS, help="what to measure")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed runs per measurement, median reported (default: retarget 20, patch 3)")
-    p.add_argument("--device", default="cpu", help="patch: torch device")
+    p.add_argument("--device", default="cpu", help="patch, train: torch device (cpu, cuda)")
+    p.add_argument("--precision", choices=("no", "fp16", "bf16"), default=None,
+                   help="train: the frozen UNet's dtype / autocast (default: bf16 on CUDA, no on the CPU)")
+    p.add_argument("--steps", type=int, default=3, help="train: timed training steps per stack (median)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,4 +27,7 @@ def run(args: argparse.Namespace) -> int:
     if args.target == "patch":
         from ..benchmarks import patch_bench
         return patch_bench.main(repeats=args.repeats or 3, device=args.device)
+    if args.target == "train":
+        from ..benchmarks import train_bench
+        return train_bench.main(steps=args.steps, device=args.device, precision=args.precision)
     raise AssertionError(args.target)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import CLIP_VISION_WIDTHS, FAMILIES, HeadEncoderConfig, HP3Config
+from ..config import CLIP_VISION_WIDTHS, FAMILIES, ControllerConfig, HeadEncoderConfig, HP3Config
 from ..errors import HP3Error
 from ..unet_convert import controller_config_from_ldm, read_checkpoint_unet, unet_from_ldm
 from ..weights import save_hp3_weights
@@ -41,7 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_config(unet_state, family: str, clip_width: int = 1024, backend: str = "smirk") -> HP3Config:
     """The HP3 config for a base UNet (LDM names), its controller mirroring that UNet."""
-    controller = controller_config_from_ldm(unet_state, family)
+    return config_for_controller(controller_config_from_ldm(unet_state, family), family, clip_width, backend)
+
+
+def config_for_controller(controller: ControllerConfig, family: str, clip_width: int = 1024,
+                          backend: str = "smirk") -> HP3Config:
+    """The HP3 config around a controller config (also used by ``train`` on a diffusers UNet)."""
     defaults = HeadEncoderConfig(width=controller.cross_attention_dim)
     heads = defaults.num_heads if controller.cross_attention_dim % defaults.num_heads == 0 else 1
     encoder = HeadEncoderConfig(width=controller.cross_attention_dim, clip_width=clip_width, num_heads=heads)

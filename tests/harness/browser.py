@@ -79,11 +79,15 @@ class ComfyBrowser:
         self._browser.close()
         self._pw.stop()
 
+    def new_page(self, width: int = 1600, height: int = 1000):
+        """A fresh Playwright page of this browser (the caller closes it)."""
+        return self._browser.new_page(viewport={"width": width, "height": height})
+
     def load_workflow(self, url: str, workflow: dict[str, Any] | str | Path,
                       screenshot: Path | None = None, timeout_ms: int = 60_000) -> LoadReport:
         if isinstance(workflow, (str, Path)):
             workflow = json.loads(Path(workflow).read_text())
-        page = self._browser.new_page(viewport={"width": 1600, "height": 1000})
+        page = self.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
         page.on("console", lambda msg: errors.append(f"console.error: {msg.text}")

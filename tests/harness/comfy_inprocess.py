@@ -68,6 +68,18 @@ TINY_SD15_UNET = {
     "use_linear_in_transformer": False, "adm_in_channels": None, "use_temporal_attention": False,
     "use_checkpoint": False,
 }
+
+# The tiny SDXL-shaped UNet (fits tiny_hp3_config("sdxl")): context 64, y = pooled 64 + 6 size
+# embeddings of 8.
+TINY_SDXL_UNET = {
+    "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
+    "num_res_blocks": 2, "channel_mult": [1, 2, 2], "use_spatial_transformer": True, "legacy": False,
+    "context_dim": 64, "adm_in_channels": 64 + 6 * 8, "num_classes": "sequential",
+    "transformer_depth": [0, 0, 1, 1, 1, 1], "transformer_depth_middle": 1,
+    # ComfyUI pops this list from the end: output blocks 0-5 (deepest) have attention, 6-8 none.
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "use_linear_in_transformer": True, "use_temporal_attention": False, "use_checkpoint": False,
+}
 TINY_CONTEXT_DIM = 32
 
 

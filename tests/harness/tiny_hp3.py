@@ -14,6 +14,9 @@ from hp3_core.config import ControllerConfig, HeadEncoderConfig, HP3Config
 from hp3_core.weights import save_hp3_weights
 
 
+HINT_OUT = "controller.net.controlnet_cond_embedding.conv_out."  # the hint stem's zero-initialised conv
+
+
 def tiny_hp3_config(family: str = "sd15", **overrides) -> HP3Config:
     if family == "sd15":
         controller = ControllerConfig(
@@ -37,9 +40,10 @@ def tiny_hp3_config(family: str = "sd15", **overrides) -> HP3Config:
 def tiny_hp3_model(config: HP3Config, seed: int = 0, trained: bool = False):
     """A real :class:`~hp3_core.hp3_model.HP3Model` at tiny size, seeded.
 
-    ``trained=False`` keeps the connector's zero initialisation (an untrained model: the UNet
-    must be unchanged); ``trained=True`` gives every parameter, zero convs included, small random
-    values, as after training (HP3 visibly changes the UNet's output).
+    ``trained=False`` keeps the zero initialisations (an untrained model: the UNet must be
+    unchanged); ``trained=True`` gives the connector and the controller's zero-initialised hint
+    output small random values, as after training: HP3 visibly changes the UNet's output and that
+    change depends on the render (so frames mixed up in a batch would show).
     """
     from hp3_core.hp3_model import HP3Model
     with torch.random.fork_rng():
@@ -48,7 +52,7 @@ def tiny_hp3_model(config: HP3Config, seed: int = 0, trained: bool = False):
         if trained:
             with torch.no_grad():
                 for name, p in model.named_parameters():
-                    if name.startswith("connector."):
+                    if name.startswith("connector.") or name.startswith(HINT_OUT):
                         p.copy_(torch.randn_like(p) * 0.05)
     return model.eval()
 

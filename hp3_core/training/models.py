@@ -1,0 +1,103 @@
+"""What a training run loads: the frozen base pipeline, CLIP vision and ArcFace, and the trainable
+HP3 model (from ``init_weights``, or fresh from the base UNet)."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..commands.init import BACKEND_STYLES, config_for_controller
+from ..config import ControllerConfig
+from ..errors import HP3Error
+from ..head_encoder.token_decoder import check_clip_width
+from ..weights import check_family, load_hp3_weights
+
+log = logging.getLogger(__name__)
+
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _per_block(value: Any, n: int) -> tuple[int, ...]:
+    return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),) * n
+
+
+def controller_config_from_unet(unet) -> ControllerConfig:
+    """The :class:`ControllerConfig` mirroring a diffusers ``UNet2DConditionModel`` (the inverse of
+    :func:`hp3_core.unet_convert.unet_config`)."""
+    c = unet.config
+    n = len(c.block_out_channels)
+    if not isinstance(c.layers_per_block, int):
+        raise HP3Error(f"the base UNet's layers_per_block {c.layers_per_block!r} varies per block; "
+                       "HP3 needs an SD1.5/SDXL-shaped UNet")
+    heads = c.num_attention_heads if c.num_attention_heads is not None else c.attention_head_dim
+    return ControllerConfig(
+        cross_attention_dim=int(c.cross_attention_dim), block_out_channels=tuple(c.block_out_channels),
+        down_block_types=tuple(c.down_block_types), layers_per_block=int(c.layers_per_block),
+        transformer_layers_per_block=_per_block(c.transformer_layers_per_block, n),
+        attention_head_dim=_per_block(heads, n), use_linear_projection=bool(c.use_linear_projection),
+        in_channels=int(c.in_channels), norm_num_groups=int(c.norm_num_groups),
+        addition_embed_type=c.addition_embed_type, addition_time_embed_dim=c.addition_time_embed_dim,
+        projection_class_embeddings_input_dim=c.projection_class_embeddings_input_dim)
+
+
+def render_settings(settings: Mapping[str, Any]) -> tuple[str, str]:
+    """(render_backend, render_style) of a dataset's builder settings."""
+    backend = str(settings.get("render_backend") or settings.get("backend") or "smirk")
+    style = str(settings.get("render_style") or BACKEND_STYLES.get(backend, "shaded_full_head"))
+    return backend, style
+
+
+def build_hp3_model(unet, family: str, clip_width: int, dataset_settings: Mapping[str, Any],
+                    init_weights: str | None, id_loss_weight: float):
+    """The trainable :class:`~hp3_core.hp3_model.HP3Model` (float32, train mode, grads on).
+
+    With ``init_weights`` the file's config and tensors are used (its family must be the base's,
+    its CLIP width the CLIP vision model's); otherwise the controller is copied from ``unet`` and
+    the connector starts at zero (as ``hp3_core init``). The config records the dataset's render
+    backend/style and the identity-loss weight.
+    """
+    from ..hp3_model import HP3Model
+    backend, style = render_settings(dataset_settings)
+    if init_weights:
+        weights = load_hp3_weights(init_weights)
+        check_family(init_weights, weights.family, family)
+        check_clip_width(clip_width, weights.config.encoder.clip_width, f"the init weights '{init_weights}'")
+        model = HP3Model.from_weights(weights)
+        if (weights.config.render_backend, weights.config.render_style) != (backend, style):
+            log.warning("init weights '%s' were made for %s (%s) renders but the dataset has %s (%s); "
+                        "training on the dataset's, and the exported file will say so",
+                        init_weights, weights.config.render_backend, weights.config.render_style, backend, style)
+        model.config = dataclasses.replace(weights.config, render_backend=backend, render_style=style,
+                                           id_loss_weight=float(id_loss_weight))
+        log.info("starting from HP3 weights %s (%s)", init_weights, weights.metadata.get("status", "?"))
+    else:
+        controller = controller_config_from_unet(unet)
+        config = config_for_controller(controller, family, clip_width, "smirk")
+        config = dataclasses.replace(config, render_backend=backend, render_style=style,
+                                     id_loss_weight=float(id_loss_weight))
+        model = HP3Model.from_unet(config, unet)  # copies into float32 parameters
+        log.info("starting from the base UNet (controller copied, connector zero)")
+    return model.float().train().requires_grad_(True)
+
+
+def load_clip_vision(path: str, device: torch.device, dtype: torch.dtype):
+    from ..head_encoder.clip_vision import ClipVisionEncoder
+    clip = ClipVisionEncoder.from_local(path, device=device, dtype=dtype)
+    clip.model.requires_grad_(False)
+    return clip
+
+
+def load_arcface(path: str, pack: str, device: torch.device, dtype: torch.dtype):
+    from .arcface_torch import TorchArcFace, resolve_recognizer
+    arcface = TorchArcFace.from_onnx(resolve_recognizer(Path(path), pack))
+    return arcface.to(device=device, dtype=dtype)
+
+
+def freeze(*modules) -> None:
+    for m in modules:
+        if m is not None:
+            m.requires_grad_(False).eval()
