@@ -293,3 +293,21 @@ def test_cli_train_end_to_end_and_bad_config(setup, tmp_path):
     assert "Traceback" not in bad.stderr
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "batch_sise" in errors[0]
+
+
+def test_two_processes_train_as_one_data_parallel_run(setup, tmp_path):
+    """torchrun with 2 CPU processes (gloo): one run of 2 processes, not 2 runs; one export."""
+    import yaml
+    from hp3_core.hp3_model import HP3Model
+    from hp3_core.weights import load_hp3_weights
+    cfg = tiny_train_config(setup, tmp_path / "out", max_steps=2, batch_size=1)
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "hp3_core", "train", "--config", str(tmp_path / "train.yaml")],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stderr.count("accelerate: 2 process(es)") == 2, run.stderr[-3000:]
+    assert run.stderr.count("step 2/2:") == 1, "the main process logs the mean loss once"
+    weights = load_hp3_weights(tmp_path / "out" / "hp3_trained.safetensors")
+    assert weights.metadata["trained_steps"] == "2"
+    HP3Model.from_weights(weights)

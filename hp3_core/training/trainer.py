@@ -130,8 +130,11 @@ class Trainer:
 
         cfg = self.config
         out = Path(cfg.output_dir)
+        # Without a GPU, accelerate only forms a multi-process (gloo) group when told it runs on the
+        # CPU; with cpu=False, torchrun's processes would each train alone.
+        on_cpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
         self.accelerator = acc = self._accelerator or Accelerator(
-            mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            cpu=on_cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             log_with=cfg.report_to, project_config=ProjectConfiguration(project_dir=str(out),
                                                                         logging_dir=str(out / "logs")))
         self.device = acc.device
@@ -394,6 +397,9 @@ class Trainer:
                     self.ema.step(self.unwrapped().parameters())
                 mean = {k: float(np.mean([w[k] for w in window if k in w])) for k in window[0]}
                 window = []
+                if acc.num_processes > 1:  # the loss over every process (the other terms: this one's)
+                    total = torch.tensor([mean["loss"]], device=acc.device)
+                    mean["loss"] = float(acc.reduce(total, reduction="mean")[0])
                 result.losses.append(mean["loss"])
                 result.step = step
                 bar.update(1)
@@ -401,7 +407,7 @@ class Trainer:
                 mean["lr"] = float(self.lr_scheduler.get_last_lr()[0])
                 if cfg.report_to:
                     acc.log(mean, step=step)
-                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                if acc.is_main_process and (step % cfg.log_every == 0 or step == cfg.max_steps):
                     log.info("step %d/%d: %s", step, cfg.max_steps,
                              ", ".join(f"{k} {v:.4g}" for k, v in mean.items()))
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
