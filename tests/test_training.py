@@ -261,14 +261,16 @@ def test_bench_train_core_at_tiny_size():
     from hp3_core.benchmarks import train_bench
     from hp3_core.unet_convert import unet_config
     hp3_config = tiny_hp3_config("sd15")
-    stacks = train_bench.build("cpu", unet_config(hp3_config, sample_size=8), hp3_config, latent=8, text_tokens=8, clip_tokens=8,
-                               precision="no")
+    stacks = train_bench.build("cpu", unet_config(hp3_config, sample_size=8), hp3_config, latent=8, text_tokens=8,
+                               clip_tokens=8, precision="no")
     results = train_bench.measure(stacks, steps=2, device="cpu")
     assert set(results) == {"controlnet", "hp3"}
     lines = train_bench.report(results, "cpu", "no", 2, "tiny")
     for key in ("train_steps_per_s", "train_peak_mem_gb", "ratio_vs_controlnet"):
         line = next(line for line in lines if line.startswith(key + ": "))
         assert float(line.split(": ")[1]) > 0
+    assert [line.split(":")[0] for line in lines[-2:]] == ["train_steps_per_s", "train_peak_mem_gb"], \
+        "the report ends with the two contract lines"
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

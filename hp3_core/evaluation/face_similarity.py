@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HP3Error, InputImageError, MissingModelFileError
-from ..head_encoder.face_analysis import (PACK_ORDER, FaceAnalyzer, InsightFaceAnalyzer, _load_recognizer,
-                                          find_pack)
+from ..head_encoder.face_analysis import (PACK_ORDER, FaceAnalyzer, InsightFaceAnalyzer, find_pack,
+                                          load_recognizer)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class SecondRecognizer(FaceAnalyzer):
         if not path.is_file():
             raise MissingModelFileError("second face recognizer", [path.name], [path.parent])
         self._base = base
-        self._recognizer = _load_recognizer(path, base.providers)
+        self._recognizer = load_recognizer(path, base.providers)
         self.input_size = self._recognizer.input_size
         self.detector = base.detector
         self.recognizer = path.name

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import HP3Error, MissingModelFileError
-from ..head_encoder.clip_vision import _quiet_transformers, clip_preprocess
+from ..head_encoder.clip_vision import clip_preprocess, quiet_transformers
 from ..optional import require
 
 SCALE = 100.0
@@ -40,7 +40,7 @@ class ClipScore:
         if not list(folder.glob("*.safetensors")):
             raise MissingModelFileError("CLIP model weights for CLIPScore", ["model.safetensors"], [folder], WHERE)
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 self.model = transformers.CLIPModel.from_pretrained(
                     str(folder), local_files_only=True, use_safetensors=True).eval().to(device)
                 self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

@@ -190,7 +190,7 @@ class ClipVisionEncoder:
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """Silence transformers' load report and progress bars, restoring their settings after."""
     from transformers.utils import logging as tlog
     level = tlog.get_verbosity()
@@ -220,7 +220,7 @@ def _load_folder(path: Path, dtype: torch.dtype | None):
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model, info = transformers.CLIPVisionModel.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise HP3Error(f"CLIP vision model '{path}' could not be loaded: {str(err).splitlines()[0]}") from err

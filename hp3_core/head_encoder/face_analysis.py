@@ -269,7 +269,7 @@ class InsightFaceAnalyzer(FaceAnalyzer):
         self.detection = detection
         self.providers = list(PROVIDERS[providers])
         self.recognizer = files["recognizer"].name
-        self._recognizer = _load_recognizer(files["recognizer"], self.providers)
+        self._recognizer = load_recognizer(files["recognizer"], self.providers)
         self.input_size = self._recognizer.input_size
         if detection == "insightface":
             self._scrfd = _load_detector(files["detector"], self.providers, det_size, det_thresh)
@@ -403,7 +403,8 @@ def _arcface_normalisation(path: Path) -> tuple[float, float]:
     return (0.0, 1.0) if sub and mul else (127.5, 127.5)
 
 
-def _load_recognizer(path: Path, providers: list[str]):
+def load_recognizer(path: Path, providers: list[str]):
+    """An ArcFace recogniser ONNX file (insightface's loader, else onnxruntime directly), never downloaded."""
     from insightface.model_zoo import get_model
     from insightface.model_zoo.arcface_onnx import ArcFaceONNX
     try:
