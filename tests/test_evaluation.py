@@ -247,7 +247,7 @@ def test_evaluate_command_end_to_end_and_resume(models, assets, tmp_path):
     assert len(rows) == 6 and {r["driver"] for r in rows} == {"d19", "d9", "d30"}
     assert all(r["clip_score"] != "" for r in rows)
     report = (out / "report.md").read_text()
-    assert "| face similarity (ArcFace cosine) (cosine) | `face_sim` |" in report
+    assert "| face similarity (ArcFace) (cosine) | `face_sim` |" in report
     assert "mediapipe backend: RMSE of canonical face geometry" in report
     for col in ("face_sim", "head_sim", "clip_score"):
         assert (out / "plots" / f"{col}.png").is_file(), col
