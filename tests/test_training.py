@@ -229,6 +229,18 @@ def test_sdxl_trains_a_few_steps(tmp_path):
     assert all(np.isfinite(result.losses))
 
 
+def test_bf16_with_checkpointing_and_ema_trains_and_exports_float32(setup, tmp_path):
+    """The GPU recipe's switches together (bf16 autocast runs on the CPU too)."""
+    from hp3_core.training.trainer import train
+    from hp3_core.weights import load_hp3_weights
+    result = train(_config(setup, tmp_path / "out", max_steps=2, mixed_precision="bf16",
+                           gradient_checkpointing=True, use_ema=True))
+    assert len(result.losses) == 2 and all(np.isfinite(result.losses))
+    weights = load_hp3_weights(result.export)
+    assert {t.dtype for t in weights.state_dict.values()} == {torch.float32}, "master weights are exported"
+    assert weights.metadata["ema"] == "true"
+
+
 def test_dataset_without_pairable_group_is_a_clear_error(setup, tmp_path):
     from hp3_core.training.trainer import train
     data = write_tiny_dataset(tmp_path / "singles", groups={"a": 1, "b": 1})
