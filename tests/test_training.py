@@ -230,13 +230,17 @@ def test_sdxl_trains_a_few_steps(tmp_path):
 
 
 def test_bf16_with_checkpointing_and_ema_trains_and_exports_float32(setup, tmp_path):
-    """The GPU recipe's switches together (bf16 autocast runs on the CPU too)."""
-    from hp3_core.training.trainer import train
+    """The GPU recipe's switches together (bf16 autocast runs on the CPU too). In a subprocess:
+    accelerate allows one mixed-precision setting per process."""
+    import yaml
     from hp3_core.weights import load_hp3_weights
-    result = train(_config(setup, tmp_path / "out", max_steps=2, mixed_precision="bf16",
-                           gradient_checkpointing=True, use_ema=True))
-    assert len(result.losses) == 2 and all(np.isfinite(result.losses))
-    weights = load_hp3_weights(result.export)
+    cfg = tiny_train_config(setup, tmp_path / "out", max_steps=2, mixed_precision="bf16",
+                            gradient_checkpointing=True, use_ema=True)
+    (tmp_path / "bf16.yaml").write_text(yaml.safe_dump(cfg))
+    run = _cli("train", "--config", str(tmp_path / "bf16.yaml"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "mixed precision bf16" in run.stderr and "step 2/2:" in run.stderr
+    weights = load_hp3_weights(tmp_path / "out" / "hp3_trained.safetensors")
     assert {t.dtype for t in weights.state_dict.values()} == {torch.float32}, "master weights are exported"
     assert weights.metadata["ema"] == "true"
 
