@@ -422,7 +422,11 @@ class Trainer:
 
 
 def train(config: TrainConfig, accelerator=None) -> TrainResult:
-    """Run :class:`Trainer` on ``config`` (see the module docstring)."""
+    """Run :class:`Trainer` on ``config`` (see the module docstring).
+
+    accelerate keeps one state per process: runs in the same Python process must share
+    ``mixed_precision`` (or pass their own ``accelerator``); use a new process for another one.
+    """
     return Trainer(config, accelerator).run()
 
 
