@@ -137,6 +137,10 @@ class ConnectorConfig:
             raise HP3Error(f"HP3 config: connector hidden_channels must be positive, got {self.hidden_channels}")
 
 
+# What the controller sees from each 3D backend (recorded in the weight file as render_style).
+RENDER_STYLES = {"smirk": "shaded_full_head", "synthetic": "shaded_full_head", "mediapipe": "shaded_face"}
+
+
 @dataclass(frozen=True)
 class HP3Config:
     """Everything needed to rebuild an HP3 model and check what it may be paired with.
@@ -204,6 +208,17 @@ class HP3Config:
             raise HP3Error(f"unknown base family '{family}'; use one of {', '.join(FAMILIES)}")
         encoder = HeadEncoderConfig(width=controller.cross_attention_dim)
         return cls(family=family, encoder=encoder, controller=controller, **overrides)
+
+    @classmethod
+    def for_controller(cls, controller: ControllerConfig, family: str, clip_width: int = 1024,
+                       backend: str = "smirk") -> HP3Config:
+        """The config around a controller that mirrors a base UNet (``init`` and ``train``):
+        head tokens as wide as its cross-attention, default decoder sizes, ``backend``'s render style."""
+        defaults = HeadEncoderConfig(width=controller.cross_attention_dim)
+        heads = defaults.num_heads if controller.cross_attention_dim % defaults.num_heads == 0 else 1
+        encoder = HeadEncoderConfig(width=controller.cross_attention_dim, clip_width=clip_width, num_heads=heads)
+        return cls(family=family, encoder=encoder, controller=controller, render_backend=backend,
+                   render_style=RENDER_STYLES[backend])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -69,13 +69,8 @@ def _layers_per_block(unet) -> int:
 
 def decoder_channels(unet) -> list[tuple[int, int]]:
     """(decoder-feature channels, skip channels) entering each decoder block of ``unet``."""
-    cfg = unet.config
-    n = len(cfg.block_out_channels)
-    layout = ControllerConfig(cross_attention_dim=0, block_out_channels=tuple(cfg.block_out_channels),
-                              down_block_types=tuple(cfg.down_block_types),
-                              layers_per_block=_layers_per_block(unet),
-                              transformer_layers_per_block=(1,) * n, attention_head_dim=(1,) * n)
-    return layout.decoder_channels()
+    from .unet_convert import controller_config_from_unet
+    return controller_config_from_unet(unet).decoder_channels()
 
 
 def install(unet, config: ControllerConfig | None = None) -> HP3Handle:

@@ -248,3 +248,26 @@ def unet_from_ldm(state: Mapping[str, torch.Tensor], config: HP3Config | Control
     if left:  # a tensor the converter does not provide (a new diffusers layer?)
         raise HP3Error(f"converting the UNet left {len(left)} tensor(s) unset, e.g. {left[:3]}")
     return unet.eval()
+
+
+def _per_block(value: Any, n: int) -> tuple[int, ...]:
+    return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),) * n
+
+
+def controller_config_from_unet(unet) -> ControllerConfig:
+    """The :class:`ControllerConfig` mirroring a diffusers ``UNet2DConditionModel`` (the inverse of
+    :func:`hp3_core.unet_convert.unet_config`)."""
+    c = unet.config
+    n = len(c.block_out_channels)
+    if not isinstance(c.layers_per_block, int):
+        raise HP3Error(f"the base UNet's layers_per_block {c.layers_per_block!r} varies per block; "
+                       "HP3 needs an SD1.5/SDXL-shaped UNet")
+    heads = c.num_attention_heads if c.num_attention_heads is not None else c.attention_head_dim
+    return ControllerConfig(
+        cross_attention_dim=int(c.cross_attention_dim), block_out_channels=tuple(c.block_out_channels),
+        down_block_types=tuple(c.down_block_types), layers_per_block=int(c.layers_per_block),
+        transformer_layers_per_block=_per_block(c.transformer_layers_per_block, n),
+        attention_head_dim=_per_block(heads, n), use_linear_projection=bool(c.use_linear_projection),
+        in_channels=int(c.in_channels), norm_num_groups=int(c.norm_num_groups),
+        addition_embed_type=c.addition_embed_type, addition_time_embed_dim=c.addition_time_embed_dim,
+        projection_class_embeddings_input_dim=c.projection_class_embeddings_input_dim)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import CLIP_VISION_WIDTHS, FAMILIES, ControllerConfig, HeadEncoderConfig, HP3Config
+from ..config import CLIP_VISION_WIDTHS, FAMILIES, HP3Config
 from ..errors import HP3Error
 from ..unet_convert import controller_config_from_ldm, read_checkpoint_unet, unet_from_ldm
 from ..weights import save_hp3_weights
@@ -23,7 +23,7 @@ NAME = "init"
 HELP = "make untrained HP3 weights for a base SD1.5/SDXL checkpoint (controller copied from its UNet)"
 log = logging.getLogger(__name__)
 
-BACKEND_STYLES = {"smirk": "shaded_full_head", "mediapipe": "shaded_face"}
+BACKENDS = ("mediapipe", "smirk")  # what a user trains with (synthetic is for tests)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the HP3 .safetensors file to write")
     p.add_argument("--clip-width", type=int, default=1024, choices=sorted(CLIP_VISION_WIDTHS),
                    help="hidden width of the CLIP vision model to train with (1024 ViT-L/14, 1280 ViT-H/14)")
-    p.add_argument("--backend", choices=sorted(BACKEND_STYLES), default="smirk",
+    p.add_argument("--backend", choices=BACKENDS, default="smirk",
                    help="the 3D backend whose renders the controller will learn")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="tensor type of the file")
     p.add_argument("--seed", type=int, default=0, help="seed of the token decoder's initialisation")
@@ -41,17 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_config(unet_state, family: str, clip_width: int = 1024, backend: str = "smirk") -> HP3Config:
     """The HP3 config for a base UNet (LDM names), its controller mirroring that UNet."""
-    return config_for_controller(controller_config_from_ldm(unet_state, family), family, clip_width, backend)
+    return HP3Config.for_controller(controller_config_from_ldm(unet_state, family), family, clip_width, backend)
 
-
-def config_for_controller(controller: ControllerConfig, family: str, clip_width: int = 1024,
-                          backend: str = "smirk") -> HP3Config:
-    """The HP3 config around a controller config (also used by ``train`` on a diffusers UNet)."""
-    defaults = HeadEncoderConfig(width=controller.cross_attention_dim)
-    heads = defaults.num_heads if controller.cross_attention_dim % defaults.num_heads == 0 else 1
-    encoder = HeadEncoderConfig(width=controller.cross_attention_dim, clip_width=clip_width, num_heads=heads)
-    return HP3Config(family=family, encoder=encoder, controller=controller, render_backend=backend,
-                     render_style=BACKEND_STYLES[backend])
 
 
 def run(args: argparse.Namespace) -> int:

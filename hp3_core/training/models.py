@@ -10,10 +10,9 @@ from typing import Any
 
 import torch
 
-from ..commands.init import BACKEND_STYLES, config_for_controller
-from ..config import ControllerConfig
-from ..errors import HP3Error
+from ..config import RENDER_STYLES, HP3Config
 from ..head_encoder.token_decoder import check_clip_width
+from ..unet_convert import controller_config_from_unet
 from ..weights import check_family, load_hp3_weights
 
 log = logging.getLogger(__name__)
@@ -21,33 +20,10 @@ log = logging.getLogger(__name__)
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def _per_block(value: Any, n: int) -> tuple[int, ...]:
-    return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),) * n
-
-
-def controller_config_from_unet(unet) -> ControllerConfig:
-    """The :class:`ControllerConfig` mirroring a diffusers ``UNet2DConditionModel`` (the inverse of
-    :func:`hp3_core.unet_convert.unet_config`)."""
-    c = unet.config
-    n = len(c.block_out_channels)
-    if not isinstance(c.layers_per_block, int):
-        raise HP3Error(f"the base UNet's layers_per_block {c.layers_per_block!r} varies per block; "
-                       "HP3 needs an SD1.5/SDXL-shaped UNet")
-    heads = c.num_attention_heads if c.num_attention_heads is not None else c.attention_head_dim
-    return ControllerConfig(
-        cross_attention_dim=int(c.cross_attention_dim), block_out_channels=tuple(c.block_out_channels),
-        down_block_types=tuple(c.down_block_types), layers_per_block=int(c.layers_per_block),
-        transformer_layers_per_block=_per_block(c.transformer_layers_per_block, n),
-        attention_head_dim=_per_block(heads, n), use_linear_projection=bool(c.use_linear_projection),
-        in_channels=int(c.in_channels), norm_num_groups=int(c.norm_num_groups),
-        addition_embed_type=c.addition_embed_type, addition_time_embed_dim=c.addition_time_embed_dim,
-        projection_class_embeddings_input_dim=c.projection_class_embeddings_input_dim)
-
-
 def render_settings(settings: Mapping[str, Any]) -> tuple[str, str]:
     """(render_backend, render_style) of a dataset's builder settings."""
     backend = str(settings.get("render_backend") or settings.get("backend") or "smirk")
-    style = str(settings.get("render_style") or BACKEND_STYLES.get(backend, "shaded_full_head"))
+    style = str(settings.get("render_style") or RENDER_STYLES.get(backend, "shaded_full_head"))
     return backend, style
 
 
@@ -76,7 +52,7 @@ def build_hp3_model(unet, family: str, clip_width: int, dataset_settings: Mappin
         log.info("starting from HP3 weights %s (%s)", init_weights, weights.metadata.get("status", "?"))
     else:
         controller = controller_config_from_unet(unet)
-        config = config_for_controller(controller, family, clip_width, "smirk")
+        config = HP3Config.for_controller(controller, family, clip_width, "smirk")
         config = dataclasses.replace(config, render_backend=backend, render_style=style,
                                      id_loss_weight=float(id_loss_weight))
         model = HP3Model.from_unet(config, unet)  # copies into float32 parameters
