@@ -329,3 +329,10 @@ def test_two_processes_train_as_one_data_parallel_run(setup, tmp_path):
     weights = load_hp3_weights(tmp_path / "out" / "hp3_trained.safetensors")
     assert weights.metadata["trained_steps"] == "2"
     HP3Model.from_weights(weights)
+
+
+@pytest.mark.parametrize("name", ["sd15", "sdxl"])
+def test_example_configs_are_valid(name):
+    """The documented example configs parse (every field known, values in range)."""
+    config = TrainConfig.load(REPO / "hp3_core" / "training" / "examples" / f"{name}.yaml")
+    assert config.mixed_precision == "bf16" and config.gradient_checkpointing and config.report_to is None
