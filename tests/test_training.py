@@ -58,7 +58,8 @@ def test_torch_alignment_matches_norm_crop_on_a_photo_and_passes_gradients(asset
     from harness.tiny_onnx import write_tiny_pack
     from hp3_core.head_encoder import face_analysis as fa
     from hp3_core.image_io import load_image
-    from hp3_core.training.arcface_torch import align_faces, alignment_matrix, grid_theta
+    from hp3_core.head_encoder.face_analysis import alignment_matrix
+    from hp3_core.training.arcface_torch import align_faces, grid_theta
     photo = load_image(assets / "faces" / "source_s42.jpg")
     analyzer = fa.InsightFaceAnalyzer([write_tiny_pack(tmp_path)], detection="mediapipe")
     face = analyzer.analyze(photo, name="source_s42.jpg")
@@ -76,7 +77,8 @@ def test_torch_alignment_matches_norm_crop_on_a_photo_and_passes_gradients(asset
 
 def test_identity_loss_lowers_when_the_face_matches(tmp_path):
     from harness.tiny_onnx import write_tiny_arcface
-    from hp3_core.training.arcface_torch import TorchArcFace, alignment_matrix, grid_theta
+    from hp3_core.head_encoder.face_analysis import alignment_matrix
+    from hp3_core.training.arcface_torch import TorchArcFace, grid_theta
     from hp3_core.training.losses import identity_loss
     arc = TorchArcFace.from_onnx(write_tiny_arcface(tmp_path / "a.onnx"))
     kps = np.array([[25, 27], [39, 27], [32, 34], [26.5, 42], [37.5, 42]], np.float32)

@@ -383,7 +383,7 @@ class _OrtRecognizer:
         self.input_size = int(size)
         self.input_name = inp.name
         self.output_name = self.session.get_outputs()[0].name
-        self.mean, self.std = _arcface_normalisation(path)
+        self.mean, self.std = arcface_normalisation(path)
 
     def embed(self, aligned_rgb: np.ndarray) -> np.ndarray:
         x = (aligned_rgb.astype(np.float32) - self.mean) / self.std
@@ -391,7 +391,7 @@ class _OrtRecognizer:
         return self.session.run([self.output_name], {self.input_name: blob})[0][0]
 
 
-def _arcface_normalisation(path: Path) -> tuple[float, float]:
+def arcface_normalisation(path: Path) -> tuple[float, float]:
     """ArcFaceONNX's rule: MXNet exports (Sub and Mul among the first 8 nodes) normalise inside."""
     try:
         import onnx
@@ -446,10 +446,19 @@ def _as_rgb(image, name: str) -> np.ndarray:
     return to_rgb_uint8(image, name)
 
 
-def _norm_crop(image: np.ndarray, keypoints: np.ndarray, size: int) -> np.ndarray:
+def alignment_matrix(keypoints: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:
+    """[2, 3] float64 similarity transform image pixels -> aligned crop pixels (cv2 convention,
+    pixel centres at integers): insightface's ``estimate_norm`` of five keypoints [5, 2] onto the
+    ArcFace template. Training's differentiable alignment uses the same matrix."""
     from insightface.utils import face_align
     with warnings.catch_warnings():
-        # scikit-image 0.26 deprecates SimilarityTransform.estimate, which norm_crop calls.
+        # scikit-image 0.26 deprecates SimilarityTransform.estimate, which estimate_norm calls.
         warnings.filterwarnings("ignore", message=".*`estimate` is deprecated", category=FutureWarning)
-        return face_align.norm_crop(image, landmark=np.asarray(keypoints, dtype=np.float32),
-                                    image_size=size)
+        return np.asarray(face_align.estimate_norm(np.asarray(keypoints, np.float32).reshape(5, 2), size),
+                          dtype=np.float64)
+
+
+def _norm_crop(image: np.ndarray, keypoints: np.ndarray, size: int) -> np.ndarray:
+    """insightface's ``norm_crop``: the aligned ``size`` x ``size`` face, black outside the image."""
+    import cv2
+    return cv2.warpAffine(image, alignment_matrix(keypoints, size), (size, size), borderValue=0.0)

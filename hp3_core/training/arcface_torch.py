@@ -2,10 +2,10 @@
 
 * :class:`TorchArcFace`: the user's insightface recognizer ONNX (``glintr100.onnx``,
   ``w600k_r50.onnx``) converted to a torch module with ``onnx2torch``, frozen. Its input
-  normalisation is face_analysis's (:func:`~hp3_core.head_encoder.face_analysis._arcface_normalisation`:
+  normalisation is face_analysis's (:func:`~hp3_core.head_encoder.face_analysis.arcface_normalisation`:
   RGB ``(x - 127.5) / 127.5`` on 0..255 pixels, or 0/1 for MXNet exports that normalise inside),
   so on the same aligned crop it gives onnxruntime's embedding.
-* :func:`alignment_matrix` + :func:`align_faces`: insightface's 5-point ``norm_crop`` (a
+* ``face_analysis.alignment_matrix`` + :func:`align_faces`: insightface's 5-point ``norm_crop`` (a
   similarity transform onto the ArcFace template, then ``cv2.warpAffine`` bilinear with a black
   border) as ``affine_grid``/``grid_sample``, so gradients reach the image. The transform is
   estimated once per sample from the target's cached keypoints (a constant, no gradient), by
@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import HP3Error
-from ..head_encoder.face_analysis import ALIGNED_SIZE, _arcface_normalisation, find_pack
+from ..head_encoder.face_analysis import ALIGNED_SIZE, arcface_normalisation, find_pack
 from ..optional import require
 
 FEATURE = "The identity loss of HP3 training"
@@ -67,7 +66,7 @@ class TorchArcFace(nn.Module):
                            f"use the insightface pack's own recognizer file") from None
         dims = model.graph.input[0].type.tensor_type.shape.dim
         size = dims[2].dim_value if len(dims) == 4 and dims[2].dim_value > 0 else ALIGNED_SIZE
-        mean, std = _arcface_normalisation(path)
+        mean, std = arcface_normalisation(path)
         return cls(net, mean, std, size, name=path.name)
 
     def train(self, mode: bool = True) -> TorchArcFace:
@@ -80,17 +79,6 @@ class TorchArcFace(nn.Module):
         dtype = next(self.net.parameters(), faces).dtype
         emb = self.net(x.to(dtype)).float()
         return F.normalize(emb, dim=-1)
-
-
-def alignment_matrix(keypoints: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:
-    """[2, 3] float64 similarity transform image pixels -> aligned crop pixels (cv2 convention,
-    pixel centres at integers), insightface's ``estimate_norm`` on five keypoints [5, 2]."""
-    from insightface.utils import face_align
-    with warnings.catch_warnings():
-        # scikit-image 0.26 deprecates SimilarityTransform.estimate, which estimate_norm calls.
-        warnings.filterwarnings("ignore", message=".*`estimate` is deprecated", category=FutureWarning)
-        return np.asarray(face_align.estimate_norm(np.asarray(keypoints, np.float32).reshape(5, 2), size),
-                          dtype=np.float64)
 
 
 def grid_theta(matrix: np.ndarray, image_hw: tuple[int, int], size: int = ALIGNED_SIZE) -> torch.Tensor:

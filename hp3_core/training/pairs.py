@@ -21,10 +21,10 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..dataset.manifest import DatasetError, HP3Dataset, keypoints_array
-from ..head_encoder.face_analysis import ALIGNED_SIZE
+from ..head_encoder.face_analysis import ALIGNED_SIZE, alignment_matrix
 from ..head_encoder.head_crop import HEAD_CROP_SIZE, head_crop
 from ..image_io import load_image
-from .arcface_torch import alignment_matrix, grid_theta
+from .arcface_torch import grid_theta
 
 log = logging.getLogger(__name__)
 
