@@ -138,7 +138,8 @@ class ConnectorConfig:
 
 
 # What the controller sees from each 3D backend (recorded in the weight file as render_style).
-RENDER_STYLES = {"smirk": "shaded_full_head", "synthetic": "shaded_full_head", "mediapipe": "shaded_face"}
+RENDER_STYLES = {"smirk": "shaded_full_head", "synthetic": "shaded_full_head", "ict": "shaded_full_head_ict",
+                 "mediapipe": "shaded_face"}
 
 
 @dataclass(frozen=True)
@@ -149,11 +150,11 @@ class HP3Config:
         family: base model family, ``"sd15"`` or ``"sdxl"``.
         encoder: head encoder sizes.
         controller: head controller architecture.
-        render_backend: the 3D backend the weights were trained with (``smirk``, ``mediapipe``,
-            ``synthetic``); applying them with another backend warns, since the controller
+        render_backend: the 3D backend the weights were trained with (``smirk``, ``ict``,
+            ``mediapipe``, ``synthetic``); applying them with another backend warns, since the controller
             has learnt that backend's renders.
-        render_style: what the controller saw: ``shaded_full_head`` (FLAME head, DESIGN.md) or
-            ``shaded_face`` (MediaPipe's face-only mesh).
+        render_style: what the controller saw: ``shaded_full_head`` (FLAME head, DESIGN.md),
+            ``shaded_full_head_ict`` (the ICT full head) or ``shaded_face`` (MediaPipe's face-only mesh).
         id_loss_weight: lambda of ``L_diff + lambda * L_id`` used in training (for the record).
     """
 

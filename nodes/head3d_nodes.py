@@ -13,10 +13,11 @@ from .progress import frame_callback
 
 
 class HP3ReconstructorLoader:
-    DESCRIPTION = ("Chooses the 3D head reconstructor. 'smirk' uses SMIRK_em1.pt (models/smirk) and FLAME "
-                   "2020 generic_model.pkl (models/flame): full head, as HP3 is trained. 'mediapipe' is the "
-                   "offline default built into the pack: face only, an approximation. 'auto' takes smirk "
-                   "when both files are found.")
+    DESCRIPTION = ("Chooses the 3D head reconstructor. 'ict' is the offline default built into the pack: "
+                   "the ICT-FaceKit full head (skull, ears, neck; MIT licence) fitted to MediaPipe's "
+                   "landmarks. 'smirk' uses SMIRK_em1.pt (models/smirk) and FLAME 2020 generic_model.pkl "
+                   "(models/flame). 'mediapipe' is MediaPipe's face mesh: face only, an approximation. "
+                   "'auto' takes smirk when both files are found, else ict.")
     CATEGORY = "HP3/3D"
     RETURN_TYPES = ("HP3_RECONSTRUCTOR",)
     RETURN_NAMES = ("reconstructor",)
@@ -27,7 +28,7 @@ class HP3ReconstructorLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "backend": (list(b for b in BACKENDS if b != "synthetic"), {
-                "default": "auto", "tooltip": "auto: smirk when its files are found, else mediapipe (face only)."}),
+                "default": "auto", "tooltip": "auto: smirk when its files are found, else ict (built-in full head)."}),
             "device": (["cpu", "gpu"], {
                 "default": "cpu", "tooltip": "Where the SMIRK encoder runs (small; CPU keeps VRAM free)."}),
         }}
@@ -49,8 +50,8 @@ class HP3HeadRetarget:
     DESCRIPTION = ("Rebuilds the source's head in 3D with the driving image's expression, eyelids, jaw and "
                    "head pose, and renders it into each driving frame at full resolution: a grey shaded "
                    "render (HP3's condition), a normal map (ControlNet normalbae convention), a depth map "
-                   "(near = bright) and a mask. With the mediapipe backend only the face is rebuilt (an "
-                   "approximation); the info output says which backend and detector were used.")
+                   "(near = bright) and a mask. The built-in ict backend rebuilds the full head; with the "
+                   "mediapipe backend only the face is rebuilt (an approximation); the info output says which backend and detector were used.")
     CATEGORY = "HP3/3D"
     RETURN_TYPES = ("HP3_HEAD3D", "IMAGE", "IMAGE", "IMAGE", "MASK", "STRING")
     RETURN_NAMES = ("head3d", "shaded", "normal", "depth", "mask", "info")

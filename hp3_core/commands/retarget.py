@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="driving image, a folder of images, or a video (one set of maps per frame)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="3D backend (auto: smirk when its files are found, else mediapipe)")
+                   help="3D backend (auto: smirk when its files are found, else ict, the built-in full head)")
     p.add_argument("--mode", choices=[m.value for m in RetargetMode], default="full",
                    help="full: expression + pose; pose: pose only; expression: expression only")
     p.add_argument("--region", choices=("head", "face"), default="head", help="render the full head or the face")

@@ -2,7 +2,7 @@
 
 Model: HP3's 3D module (:func:`~hp3_core.head3d.reconstructor.build_reconstructor`), the same
 backend for the generated image and the driver: ``smirk`` (SMIRK encoder + FLAME 2020) when its
-files are found, else the offline ``mediapipe`` face mesh.
+files are found, else the offline ``ict`` full head (ICT-FaceKit fitted to MediaPipe's landmarks).
 
 Pose, per sample: the head rotation of each image as yaw, pitch and roll in degrees
 (:func:`~hp3_core.head3d.rotation.yaw_pitch_roll`, ``R = Ry(yaw) Rx(pitch) Rz(roll)``), and
@@ -15,6 +15,8 @@ Expression, per sample: ``expr_rmse = sqrt(mean_k (x_g[k] - x_d[k])^2)`` over th
 ``expression`` and ``jaw`` parameters. Its meaning depends on the backend (the report says which):
 
 * ``smirk``/``synthetic``: FLAME expression coefficients (50) + jaw axis-angle (3, radians);
+* ``ict``: the 55 ARKit-named expression weights of the ICT head (each in [0, 1]; eyelids, gaze
+  and jaw are among them, ``jaw`` is zero), so the RMSE is in blendshape weight units;
 * ``mediapipe``: there are no expression coefficients: ``expression`` is the face's whole canonical
   geometry (468 points x 3, pose removed, scaled to unit RMS radius) and ``jaw`` is zero, so the
   RMSE is a **geometry distance in face radii** that also counts identity shape differences
@@ -42,6 +44,8 @@ def expression_meaning(backend: str) -> str:
     if backend == "mediapipe":
         return ("mediapipe backend: RMSE of canonical face geometry (468x3 points, unit RMS radius, pose "
                 "removed), in face radii; includes identity shape differences, not expression only")
+    if backend == "ict":
+        return "ict backend: RMSE of the 55 ARKit expression weights (0..1) of the ICT head"
     return f"{backend} backend: RMSE of FLAME expression (50) + jaw (3, radians) parameters"
 
 

@@ -5,9 +5,11 @@ Backends (one interface, :class:`Reconstructor`):
 * ``smirk``: SMIRK's encoder on a MediaPipe-landmark crop, FLAME 2020 head (the user's files);
 * ``synthetic``: the same code path on files the tests build (random SMIRK weights, a FLAME-format
   file with random bases): it exercises everything without real weights and means nothing;
-* ``mediapipe``: the embedded offline default, face only (:mod:`.mediapipe_head`).
+* ``ict``: the embedded offline default, a full head: ICT-FaceKit Light (MIT) fitted to
+  MediaPipe's landmarks (:mod:`.ict`);
+* ``mediapipe``: MediaPipe's face mesh, face only, an approximation (:mod:`.mediapipe_head`).
 
-``auto`` picks ``smirk`` when its files are found, else ``mediapipe``.
+``auto`` picks ``smirk`` when its files are found, else ``ict``.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from .render_head import HeadModel
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "smirk", "mediapipe", "synthetic")
+BACKENDS = ("auto", "smirk", "ict", "mediapipe", "synthetic")
 SMIRK_FILES = ("SMIRK_em1.pt",)
 WHERE_SMIRK = "github.com/georgeretsi/smirk (pretrained model SMIRK_em1.pt)"
 WHERE_FLAME = "flame.is.tue.mpg.de (FLAME 2020, generic_model.pkl; registration, non-commercial licence)"
@@ -115,12 +117,16 @@ def build_reconstructor(backend: str = "auto", smirk_folders: Sequence[str | Pat
         raise ValueError(f"unknown 3D backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if backend == "mediapipe":
         return MediaPipeReconstructor()
+    if backend == "ict":
+        from .ict import ICTReconstructor
+        return ICTReconstructor()
     smirk = find_file(SMIRK_FILES, smirk_folders)
     flame = find_file(FLAME_FILES, flame_folders)
     if backend == "auto":
         if smirk is None or flame is None:
-            log.info("SMIRK/FLAME files not found; using the offline MediaPipe backend (face only)")
-            return MediaPipeReconstructor()
+            log.info("SMIRK/FLAME files not found; using the offline ICT full-head backend")
+            from .ict import ICTReconstructor
+            return ICTReconstructor()
         backend = "smirk"
     if smirk is None:
         raise MissingModelFileError("SMIRK encoder", SMIRK_FILES, smirk_folders, WHERE_SMIRK)

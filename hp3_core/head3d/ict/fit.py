@@ -1,0 +1,263 @@
+"""Fitting the ICT head to MediaPipe's 478 landmarks: pose, scale, identity and expression.
+
+The model's landmark points are fixed surface points (the asset's correspondence), linear in
+the coefficients: ``X(a, e) = M + sum_j a_j I_j + sum_k e_k E_k`` ([478, 3], centimetres). The
+camera is scaled orthographic like the renderer's: image ``x = k (R X)_x + t_x``,
+``y = -(k (R X)_y + t_y)``, and MediaPipe's relative depth ``z = -(k (R X)_z + t_z)`` enters with
+a small weight (it is noisier than x, y but tells a turned head's depth order).
+
+A few alternations of two small solves, deterministic and with no learned weights:
+
+1. **pose** (R, k, t) for fixed shape: first on the rigid landmarks alone (eye corners, nose,
+   forehead), a weighted 3D similarity (Umeyama) to start, then
+   Gauss-Newton steps on the anisotropic cost (x, y full weight, z ``Z_WEIGHT``);
+2. **coefficients** for a fixed pose: one bounded linear least squares (normal equations, 155 unknowns per image,
+   solved with bounds by :func:`box_least_squares`)
+   in centimetres, with ridge priors (identity modes are unit-variance PCA modes, so
+   ``IDENTITY_PRIOR * |a|^2``; ``EXPRESSION_PRIOR * |e|^2``), expression weights bounded to
+   [0, 1], and a penalty on the sum of contradictory pairs (smile + frown, look up + down, ...)
+   so a scream is not explained as smile 0.8 + frown 0.9.
+
+Several photos of one person share one identity ``a`` (pooled), each with its own pose and
+expression. Face-outline points slide along the silhouette as the head turns (they mark the
+outline, not a fixed skin point), so they get a lower weight.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from .asset import ICTHeadAsset
+
+Z_WEIGHT = 0.05
+IDENTITY_PRIOR = 2e-3
+EXPRESSION_PRIOR = 1e-3
+PAIR_PRIOR = 4e-3
+OUTLINE_WEIGHT = 0.3
+IDENTITY_BOUND = 4.0          # standard deviations
+ALTERNATIONS = 4
+GAUSS_NEWTON_STEPS = 3
+# MediaPipe landmarks that expressions barely move: eye corners, nose bridge and tip, forehead,
+# temples. The first pose is fitted to these alone, so an open mouth cannot drag it.
+RIGID_LANDMARKS = (33, 133, 362, 263, 6, 168, 197, 195, 5, 4, 1, 10, 151, 9, 8, 127, 356, 98, 327,
+                   108, 337, 69, 299, 55, 285, 193, 417)
+# Expression shapes that contradict each other (per side where the FaceKit splits them).
+CONTRADICTORY = [("mouthSmile_{s}", "mouthFrown_{s}"), ("eyeLookUp_{s}", "eyeLookDown_{s}"),
+                 ("eyeLookIn_{s}", "eyeLookOut_{s}"), ("eyeBlink_{s}", "eyeWide_{s}"),
+                 ("browDown_{s}", "browInnerUp_{s}"), ("browDown_{s}", "browOuterUp_{s}"),
+                 ("mouthPucker", "mouthStretch_{s}"), ("mouthSmile_{s}", "mouthPucker"),
+                 ("jawLeft", "jawRight"), ("mouthLeft", "mouthRight")]
+
+
+@dataclass
+class FitResult:
+    """One image's fit.
+
+    Attributes:
+        rotation: [3, 3] model frame -> camera frame (x right, y up, z toward the viewer).
+        scale: pixels per centimetre.
+        translation: [3] pixels, in the camera frame (image ``x = kRX_x + t_x``, ``y = -(kRX_y + t_y)``).
+        identity: [I] identity coefficients (shared by the images fitted together).
+        expression: [E] expression weights in [0, 1].
+        rms_px: RMS 2D landmark error in pixels.
+    """
+
+    rotation: np.ndarray
+    scale: float
+    translation: np.ndarray
+    identity: np.ndarray
+    expression: np.ndarray
+    rms_px: float
+
+
+class LandmarkBases:
+    """The asset's landmark points as linear bases (float64): mean [478, 3], identity [I, 478, 3],
+    expression [E, 478, 3], and the per-landmark weights and contradictory-pair index list."""
+
+    def __init__(self, asset: ICTHeadAsset) -> None:
+        tri = asset.triangles[asset.mediapipe_triangle]                        # [478, 3]
+        bary = asset.mediapipe_barycentric.astype(np.float64)[..., None]        # [478, 3, 1]
+
+        def at_landmarks(v: np.ndarray) -> np.ndarray:                          # [..., V, 3] -> [..., 478, 3]
+            return (v[..., tri, :].astype(np.float64) * bary).sum(-2)
+
+        self.mean = at_landmarks(asset.vertices)
+        self.identity = at_landmarks(asset.identity)
+        self.expression = at_landmarks(asset.expression)
+        self.weights = np.ones(len(tri))
+        self.weights[outline_indices()] = OUTLINE_WEIGHT
+        names = list(asset.expression_names)
+        self.pairs = []
+        for a, b in CONTRADICTORY:
+            for side in ("L", "R"):
+                na, nb = a.format(s=side), b.format(s=side)
+                if na in names and nb in names and (names.index(na), names.index(nb)) not in self.pairs:
+                    self.pairs.append((names.index(na), names.index(nb)))
+
+    def points(self, identity: np.ndarray, expression: np.ndarray) -> np.ndarray:
+        """[478, 3] model landmark points (cm) for coefficients [I] and [E]."""
+        return (self.mean + np.tensordot(identity, self.identity, axes=1)
+                + np.tensordot(expression, self.expression, axes=1))
+
+
+@functools.lru_cache(maxsize=1)
+def outline_indices() -> np.ndarray:
+    """MediaPipe's face-oval landmark indices (they slide with the silhouette)."""
+    from mediapipe.python.solutions import face_mesh_connections as conn
+    return np.array(sorted({i for e in conn.FACEMESH_FACE_OVAL for i in e}), dtype=np.int64)
+
+
+def camera_frame(points_px: np.ndarray) -> np.ndarray:
+    """MediaPipe points [478, 3] (x right, y down, z away, pixels) -> camera frame (y up, z toward)."""
+    return points_px.astype(np.float64) * np.array([1.0, -1.0, -1.0])
+
+
+def umeyama(src: np.ndarray, dst: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """Weighted similarity ``dst ~ k R src + t`` for [N, 3] point sets; returns (R, k, t)."""
+    w = w / w.sum()
+    mu_s, mu_d = w @ src, w @ dst
+    s, d = src - mu_s, dst - mu_d
+    cov = (d * w[:, None]).T @ s
+    u, sig, vt = np.linalg.svd(cov)
+    fix = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    rot = u @ fix @ vt
+    k = float(np.trace(np.diag(sig) @ fix) / (w @ (s ** 2).sum(1)))
+    return rot, k, mu_d - k * rot @ mu_s
+
+
+def skew(v: np.ndarray) -> np.ndarray:
+    """[N, 3] -> [N, 3, 3] cross-product matrices."""
+    z = np.zeros(len(v))
+    return np.stack([z, -v[:, 2], v[:, 1], v[:, 2], z, -v[:, 0], -v[:, 1], v[:, 0], z], -1).reshape(-1, 3, 3)
+
+
+def rotation_from_vector(w: np.ndarray) -> np.ndarray:
+    """Rodrigues: axis-angle [3] -> [3, 3]."""
+    angle = float(np.linalg.norm(w))
+    if angle < 1e-12:
+        return np.eye(3)
+    k = skew((w / angle)[None])[0]
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+def fit_pose(model: np.ndarray, target: np.ndarray, weights: np.ndarray,
+             start: tuple[np.ndarray, float, np.ndarray] | None = None
+             ) -> tuple[np.ndarray, float, np.ndarray]:
+    """(R, k, t) minimising ``sum_i w_i |S (k R X_i + t - P_i)|^2``, S = diag(1, 1, sqrt(Z_WEIGHT))."""
+    rot, k, t = start if start is not None else umeyama(model, target, weights)
+    s = np.array([1.0, 1.0, np.sqrt(Z_WEIGHT)])
+    sw = np.sqrt(weights)[:, None, None]
+    for _ in range(GAUSS_NEWTON_STEPS):
+        rx = model @ rot.T                                                   # [N, 3]
+        r = (k * rx + t - target) * s                                        # [N, 3]
+        jac = np.concatenate([-k * skew(rx), k * rx[..., None], np.broadcast_to(np.eye(3), (len(rx), 3, 3))],
+                             axis=2) * s[None, :, None] * sw                 # [N, 3, 7]
+        jac = jac.reshape(-1, 7)
+        step = np.linalg.solve(jac.T @ jac + 1e-9 * np.eye(7), -jac.T @ (r * sw[..., 0]).reshape(-1))
+        rot = rotation_from_vector(step[:3]) @ rot
+        k *= float(np.exp(step[3]))
+        t = t + step[4:]
+    return rot, k, t
+
+
+def fit_coefficients(bases: LandmarkBases, targets: list[np.ndarray],
+                     poses: list[tuple[np.ndarray, float, np.ndarray]],
+                     identity: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Identity (shared, unless given: then held fixed) and per-image expression for fixed poses."""
+    n_id, n_ex = bases.identity.shape[0], bases.expression.shape[0]
+    solve_id = identity is None
+    n, m = len(targets), len(bases.weights)
+    cols = (n_id if solve_id else 0) + n * n_ex
+    s = np.array([1.0, 1.0, np.sqrt(Z_WEIGHT)])
+    # Each landmark's cost is averaged over landmarks, so priors are relative to a mean residual.
+    sw = np.sqrt(bases.weights / bases.weights.sum())[:, None]
+    rows_a, rows_b = [], []
+    fixed_id = np.zeros(n_id) if solve_id else identity
+    for j, (target, (rot, k, t)) in enumerate(zip(targets, poses)):
+        block = np.zeros((m * 3, cols))
+        rid = np.einsum("kni,ji->knj", bases.identity, rot) * s * sw         # [I, 478, 3]
+        rex = np.einsum("kni,ji->knj", bases.expression, rot) * s * sw       # [E, 478, 3]
+        off = n_id if solve_id else 0
+        if solve_id:
+            block[:, :n_id] = rid.reshape(n_id, -1).T
+        block[:, off + j * n_ex: off + (j + 1) * n_ex] = rex.reshape(n_ex, -1).T
+        base = bases.mean + np.tensordot(fixed_id, bases.identity, axes=1)
+        rhs = ((target - t) / k - base @ rot.T) * s * sw
+        rows_a.append(block)
+        rows_b.append(rhs.reshape(-1))
+    prior = np.zeros((0, cols))
+    if solve_id:
+        prior = np.sqrt(IDENTITY_PRIOR) * np.eye(n_id, cols)
+    expr_prior = np.sqrt(EXPRESSION_PRIOR) * np.eye(n * n_ex, cols, k=cols - n * n_ex)
+    pair_rows = []
+    for j in range(n):
+        base_col = cols - n * n_ex + j * n_ex
+        for a, b in bases.pairs:
+            row = np.zeros(cols)
+            row[base_col + a] = row[base_col + b] = np.sqrt(PAIR_PRIOR)
+            pair_rows.append(row)
+    a_mat = np.concatenate(rows_a + [prior, expr_prior] + ([np.stack(pair_rows)] if pair_rows else []))
+    b_vec = np.concatenate(rows_b + [np.zeros(len(prior) + len(expr_prior) + len(pair_rows))])
+    lower = np.concatenate([np.full(n_id if solve_id else 0, -IDENTITY_BOUND), np.zeros(n * n_ex)])
+    upper = np.concatenate([np.full(n_id if solve_id else 0, IDENTITY_BOUND), np.ones(n * n_ex)])
+    sol = box_least_squares(a_mat.T @ a_mat, a_mat.T @ b_vec, lower, upper)
+    ident = sol[:n_id] if solve_id else identity
+    off = n_id if solve_id else 0
+    return ident, [sol[off + j * n_ex: off + (j + 1) * n_ex] for j in range(n)]
+
+
+def fit_landmarks(bases: LandmarkBases, landmarks_px: list[np.ndarray],
+                  identity: np.ndarray | None = None) -> list[FitResult]:
+    """Fit one head to each image's MediaPipe landmarks [478, 3] (pixels), sharing one identity.
+
+    Args:
+        identity: [I] coefficients to hold fixed (e.g. a source's pooled identity); default:
+            solved, shared by all images.
+    """
+    targets = [camera_frame(p) for p in landmarks_px]
+    n_ex = bases.expression.shape[0]
+    ident = np.zeros(bases.identity.shape[0]) if identity is None else identity
+    expressions = [np.zeros(n_ex) for _ in targets]
+    rigid = np.full(len(bases.weights), 1e-3)
+    rigid[list(RIGID_LANDMARKS)] = 1.0
+    poses: list = [fit_pose(bases.points(ident, e), tgt, rigid) for tgt, e in zip(targets, expressions)]
+    for _ in range(ALTERNATIONS):
+        poses = [fit_pose(bases.points(ident, e), tgt, bases.weights, pose)
+                 for tgt, e, pose in zip(targets, expressions, poses)]
+        ident, expressions = fit_coefficients(bases, targets, poses, identity)
+    poses = [fit_pose(bases.points(ident, e), tgt, bases.weights, pose)
+             for tgt, e, pose in zip(targets, expressions, poses)]
+    out = []
+    for tgt, e, (rot, k, t) in zip(targets, expressions, poses):
+        proj = k * bases.points(ident, e) @ rot.T + t
+        rms = float(np.sqrt(((proj[:, :2] - tgt[:, :2]) ** 2).sum(1).mean()))
+        out.append(FitResult(rotation=rot, scale=k, translation=t, identity=ident.copy(),
+                             expression=e, rms_px=rms))
+    return out
+
+
+def box_least_squares(hessian: np.ndarray, rhs: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+                      iterations: int = 30) -> np.ndarray:
+    """argmin ``x^T H x / 2 - rhs^T x`` over ``lower <= x <= upper`` (H positive definite [n, n]).
+
+    A projected-Newton active-set iteration: variables at a bound whose gradient pushes them
+    outward stay fixed, the others get the exact Newton solution, then everything is clipped.
+    Converges in a few iterations for these well-conditioned problems (the priors make H
+    diagonal-dominant); an order of magnitude faster than a general bounded solver here.
+    """
+    x = np.clip(np.linalg.solve(hessian, rhs), lower, upper)
+    for _ in range(iterations):
+        grad = hessian @ x - rhs
+        fixed = ((x <= lower) & (grad > 0)) | ((x >= upper) & (grad < 0))
+        free = ~fixed
+        new = x.copy()
+        if free.any():
+            h_ff = hessian[np.ix_(free, free)]
+            new[free] = np.linalg.solve(h_ff, rhs[free] - hessian[np.ix_(free, fixed)] @ x[fixed])
+        new = np.clip(new, lower, upper)
+        if np.abs(new - x).max() < 1e-7:
+            return new
+        x = new
+    return x
