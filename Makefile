@@ -7,7 +7,7 @@ PIP    := $(VPY) -m pip --disable-pip-version-check
 CPIP   := $(PIP) install -c constraints.txt
 STAMP  := $(VENV)/.hp3-installed
 
-.PHONY: test demo venv browser clean-venv
+.PHONY: test demo venv browser strace clean-venv
 
 venv: $(STAMP)
 
@@ -27,7 +27,13 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-test: venv browser
+# strace for tests/test_offline.py: it proves at the system-call level that nothing leaves the machine.
+strace:
+	@command -v strace >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq strace >/dev/null; }
+
+test: venv browser strace
 	$(VENV)/bin/pytest
 
 demo: venv
