@@ -77,7 +77,7 @@ def test_retarget_workflow_writes_the_four_maps(comfy_server):
                                                   "hp3_retarget")))
     assert shaded.size == (720, 720)  # the driving image's full resolution
     texts = [t for o in entry["outputs"].values() for t in o.get("text", [])]
-    assert any("3D backend: mediapipe (face only" in t for t in texts)
+    assert any("3D backend: ict" in t and "face only" not in t for t in texts)
     previews = [i for o in entry["outputs"].values() for i in o.get("images", []) if i["type"] == "temp"]
     assert previews, "the retarget node shows a preview of its renders"
 
@@ -90,4 +90,4 @@ def test_demo_runs_the_retarget_workflow(tmp_path):
     written = [l.split(" ", 1)[1] for l in out.stdout.splitlines() if l.startswith("wrote ")]
     assert sorted(Path(w).name.split("_")[0] for w in written) == ["depth", "mask", "normal", "shaded"]
     assert all(Path(w).is_file() for w in written)
-    assert "3D backend: mediapipe" in out.stderr
+    assert "3D backend: ict" in out.stderr

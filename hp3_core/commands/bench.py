@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 NAME = "bench"
-HELP = ("benchmarks: 'retarget' (3D reconstruction + rendering per 512x512 image), "
+HELP = ("benchmarks: 'retarget' (3D reconstruction + rendering per 512x512 image), 'head3d' (the "
+        "built-in ict head's fit against MediaPipe's landmarks on real photos), "
         "'patch' (HP3's cost per sampling step next to an InstantID-like stack), "
         "'train' (one HP3 training step next to a ControlNet training step)")
-TARGETS = ("retarget", "patch", "train")
+TARGETS = ("retarget", "head3d", "patch", "train")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,12 +20,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("no", "fp16", "bf16"), default=None,
                    help="train: the frozen UNet's dtype / autocast (default: bf16 on CUDA, no on the CPU)")
     p.add_argument("--steps", type=int, default=3, help="train: timed training steps per stack (median)")
+    p.add_argument("--photos", type=Path, default=None,
+                   help="head3d: a folder of photos (default: the pack's sample photos)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.target == "retarget":
         from ..benchmarks import retarget_bench
         return retarget_bench.main(repeats=args.repeats or 20)
+    if args.target == "head3d":
+        from ..benchmarks import head3d_bench
+        return head3d_bench.main(args.photos)
     if args.target == "patch":
         from ..benchmarks import patch_bench
         return patch_bench.main(repeats=args.repeats or 3, device=args.device)

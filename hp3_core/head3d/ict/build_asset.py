@@ -36,6 +36,7 @@ NECK_TOP_CM = -6.0               # neck_weight is 1 above this height (cm) ...
 NECK_CUT_CM = -13.0              # ... falls to 0 here, where the mesh is cut
 # |x| > 6.8 cm, -4.5 < y < 6 cm, z < 4 cm: the ears and the skin just in front of them.
 EAR_BOX = (6.8, -4.5, 6.0, 4.0)
+IRIS_HALF_ANGLE = np.radians(30.0)
 
 
 def kept_vertices(num_vertices: int) -> np.ndarray:
@@ -72,20 +73,17 @@ def vertex_regions(neutral: np.ndarray) -> np.ndarray:
 
 
 def cornea(neutral: np.ndarray, sclera: tuple[int, int], iris: tuple[int, int]) -> np.ndarray:
-    """FaceKit indices of the sclera vertices in front of the iris disc. The FaceKit's eyeball is
-    a closed sclera shell whose front (the cornea) covers the iris mesh, so a render shows a white
-    eye unless that cap is labelled iris too."""
+    """FaceKit indices of the sclera vertices in front of the iris. The FaceKit's eyeball is a
+    closed sclera shell whose front (the cornea) covers the iris mesh, so a render shows a white
+    eye unless that cap is labelled iris too: the vertices within ``IRIS_HALF_ANGLE`` of the
+    eye's axis (eyeball centre -> iris centre); a human iris is about 12 mm wide on a 24 mm eye."""
     ball = np.arange(sclera[0], sclera[1] + 1)
-    iris_pts = neutral[iris[0]:iris[1] + 1]
     centre = neutral[ball].mean(0)
-    axis = iris_pts.mean(0) - centre
+    axis = neutral[iris[0]:iris[1] + 1].mean(0) - centre
     axis /= np.linalg.norm(axis)
-    radius = np.linalg.norm(iris_pts - centre, axis=1).mean()
-    cos_iris = ((iris_pts - centre) @ axis / np.linalg.norm(iris_pts - centre, axis=1)).min()
     d = neutral[ball] - centre
     cos = d @ axis / np.maximum(np.linalg.norm(d, axis=1), 1e-9)
-    del radius
-    return ball[cos >= cos_iris]
+    return ball[cos >= np.cos(IRIS_HALF_ANGLE)]
 
 
 def neck_weights(neutral: np.ndarray) -> np.ndarray:

@@ -36,6 +36,8 @@ IDENTITY_PRIOR = 2e-3
 EXPRESSION_PRIOR = 1e-3
 PAIR_PRIOR = 4e-3
 OUTLINE_WEIGHT = 0.3
+EYELID_WEIGHT = 4.0
+LIP_WEIGHT = 2.0
 IDENTITY_BOUND = 4.0          # standard deviations
 ALTERNATIONS = 4
 GAUSS_NEWTON_STEPS = 3
@@ -87,7 +89,8 @@ class LandmarkBases:
         self.identity = at_landmarks(asset.identity)
         self.expression = at_landmarks(asset.expression)
         self.weights = np.ones(len(tri))
-        self.weights[outline_indices()] = OUTLINE_WEIGHT
+        for indices, weight in region_weights():
+            self.weights[indices] = weight
         names = list(asset.expression_names)
         self.pairs = []
         for a, b in CONTRADICTORY:
@@ -103,10 +106,18 @@ class LandmarkBases:
 
 
 @functools.lru_cache(maxsize=1)
-def outline_indices() -> np.ndarray:
-    """MediaPipe's face-oval landmark indices (they slide with the silhouette)."""
+def region_weights() -> list[tuple[np.ndarray, float]]:
+    """(MediaPipe landmark indices, weight) of the regions not weighted 1: the face oval (slides
+    with the silhouette), the eyelids and the lips (few points that carry blinks and mouth shapes:
+    at weight 1 the priors would outvote them)."""
     from mediapipe.python.solutions import face_mesh_connections as conn
-    return np.array(sorted({i for e in conn.FACEMESH_FACE_OVAL for i in e}), dtype=np.int64)
+
+    def ids(*sets) -> np.ndarray:
+        return np.array(sorted({i for s in sets for e in s for i in e}), dtype=np.int64)
+
+    return [(ids(conn.FACEMESH_FACE_OVAL), OUTLINE_WEIGHT),
+            (ids(conn.FACEMESH_LEFT_EYE, conn.FACEMESH_RIGHT_EYE), EYELID_WEIGHT),
+            (ids(conn.FACEMESH_LIPS), LIP_WEIGHT)]
 
 
 def camera_frame(points_px: np.ndarray) -> np.ndarray:

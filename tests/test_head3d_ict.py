@@ -1,0 +1,223 @@
+"""The ict backend: the shipped ICT head asset, its converter, the landmark fit and the full-head
+retarget (real photos from the shared assets; renders of the head itself as drivers with known
+expressions)."""
+from __future__ import annotations
+
+import math
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from hp3_core.errors import InputImageError
+from hp3_core.head3d.ict import ICTHeadModel, ICTReconstructor, load_asset
+from hp3_core.head3d.ict.asset import ASSET_PATH, LICENCE_PATH, REGIONS, HeadAssetError, save_asset
+from hp3_core.head3d.ict.build_asset import drop_unused, triangulate, vertex_regions
+from hp3_core.head3d.ict.facekit import FaceKitError, read_facekit
+from hp3_core.head3d.reconstructor import build_reconstructor, reconstruct
+from hp3_core.head3d.retarget_images import retarget_images
+from hp3_core.head3d.rotation import yaw_pitch_roll
+
+ARKIT_SAMPLE = ("jawOpen", "eyeBlink_L", "eyeBlink_R", "mouthSmile_L", "browInnerUp_R", "cheekRaiser_L")
+
+
+@pytest.fixture(scope="module")
+def asset():
+    return load_asset()
+
+
+@pytest.fixture(scope="module")
+def reconstructor():
+    return ICTReconstructor()
+
+
+def test_shipped_asset_is_whole_and_small(asset):
+    assert ASSET_PATH.stat().st_size < 15e6
+    assert asset.num_identity == 100 and asset.num_expression == 55
+    assert all(n in asset.expression_names for n in ARKIT_SAMPLE)
+    assert asset.identity.dtype == np.float16 and asset.expression.dtype == np.float16
+    counts = np.bincount(asset.region, minlength=len(REGIONS))
+    assert all(counts[REGIONS.index(r)] > 100 for r in REGIONS), dict(zip(REGIONS, counts))
+    assert asset.provenance["facekit_commit"] != "unknown" and "MIT" in asset.provenance["licence"]
+    assert asset.provenance["float16_max_error_cm"] < 1e-3
+    assert "MIT License" in LICENCE_PATH.read_text() and "Institute for Creative Technologies" in LICENCE_PATH.read_text()
+    # A full head: the skull rises well above the eyes and the ears stand out beside the face.
+    v, face = asset.vertices, asset.region_mask(("face",))
+    assert v[:, 1].max() > v[face, 1].max() + 2.0
+    assert np.abs(v[asset.region_mask(("ears",)), 0]).max() > np.abs(v[face, 0]).max() + 1.0
+
+
+def test_mediapipe_correspondence_matches_the_facekit_landmarks(asset):
+    """MediaPipe landmark -> Multi-PIE 68 landmark pairs (eye corners, mouth corners, nose, chin):
+    the correspondence found by rendering lands within a few millimetres of the FaceKit README's."""
+    m = asset.vertices
+    points = (m[asset.triangles[asset.mediapipe_triangle]] * asset.mediapipe_barycentric[..., None]).sum(1)
+    pairs = {33: 36, 133: 39, 362: 42, 263: 45, 61: 48, 291: 54, 168: 27, 4: 30, 152: 8}
+    dist = {mp: float(np.linalg.norm(points[mp] - m[asset.landmarks68[d]])) for mp, d in pairs.items()}
+    assert max(dist.values()) < 1.0 and float(np.median(list(dist.values()))) < 0.4, dist
+
+
+def write_obj(path, verts, faces=()):
+    lines = [f"v {x} {y} {z}" for x, y, z in verts] + ["f " + " ".join(f"{i + 1}/1" for i in f) for f in faces]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_facekit_reader_on_a_small_obj_set(tmp_path):
+    rng = np.random.default_rng(0)
+    neutral = rng.normal(size=(6, 3))
+    write_obj(tmp_path / "generic_neutral_mesh.obj", neutral, [(0, 1, 2, 3), (3, 4, 5)])
+    deltas = {"identity000": rng.normal(size=(6, 3)), "identity001": rng.normal(size=(6, 3)),
+              "jawOpen": rng.normal(size=(6, 3)), "eyeBlink_L": rng.normal(size=(6, 3)),
+              "PupilDilate_L": rng.normal(size=(6, 3))}
+    for name, d in deltas.items():
+        write_obj(tmp_path / f"{name}.obj", neutral + d)
+    kit = read_facekit(tmp_path, commit="a" * 40)
+    assert kit.polygons == [[0, 1, 2, 3], [3, 4, 5]] and kit.commit == "a" * 40
+    assert kit.expression_names == ["eyeBlink_L", "jawOpen"], "pupil dilation is not an expression we fit"
+    np.testing.assert_allclose(kit.identity[1], deltas["identity001"], atol=1e-5)
+    np.testing.assert_allclose(kit.expression[1], deltas["jawOpen"], atol=1e-5)
+    keep = np.array([0, 1, 2, 3, 4, 5])
+    tri = triangulate(kit.polygons, keep, np.zeros((6, 3)))
+    assert tri.tolist() == [[0, 1, 2], [0, 2, 3], [3, 4, 5]]
+    tri2, keep2 = drop_unused(triangulate(kit.polygons, np.array([0, 1, 2, 3, 5]), np.zeros((6, 3))),
+                              np.array([0, 1, 2, 3, 5]))
+    assert keep2.tolist() == [0, 1, 2, 3] and tri2.max() == 3
+    write_obj(tmp_path / "mouthSmile_L.obj", neutral[:5])
+    with pytest.raises(FaceKitError, match="mouthSmile_L.obj has 5 vertices"):
+        read_facekit(tmp_path)
+    with pytest.raises(FaceKitError, match="not found"):
+        read_facekit(tmp_path / "nowhere")
+
+
+def test_regions_of_the_mean_head(asset):
+    full = np.zeros((26719, 3))
+    full[asset.source_index] = asset.vertices
+    assert (vertex_regions(full)[asset.source_index] == asset.region).all()
+
+
+def test_asset_round_trip_and_damaged_files(asset, tmp_path):
+    path = tmp_path / "copy.npz"
+    save_asset(asset, path)
+    again = load_asset(path)
+    assert again.expression_names == asset.expression_names and np.array_equal(again.triangles, asset.triangles)
+    (tmp_path / "cut.npz").write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(HeadAssetError, match="cut.npz"):
+        load_asset(tmp_path / "cut.npz")
+    with pytest.raises(HeadAssetError, match="not found"):
+        load_asset(tmp_path / "missing.npz")
+    # A zip that claims to unpack to gigabytes is refused before anything is read.
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("vertices.npy", b"\0" * (80 << 20))
+    with pytest.raises(HeadAssetError, match="would unpack"):
+        load_asset(bomb)
+    bad = dict(asset.__dict__)
+    bad["vertices"] = asset.vertices.copy()
+    bad["vertices"][0, 0] = np.nan
+    with pytest.raises(HeadAssetError, match="NaN"):
+        save_asset(type(asset)(**bad), tmp_path / "nan.npz")
+
+
+def render_driver(asset, expression: dict[str, float], yaw_deg: float = 0.0) -> np.ndarray:
+    from hp3_core.head3d.ict.correspondence import render_view
+    e = np.zeros(asset.num_expression)
+    for name, w in expression.items():
+        e[asset.expression_index(name)] = w
+    verts = asset.vertices + np.tensordot(e, asset.expression.astype(np.float32), axes=1)
+    image, _ = render_view(asset, verts, math.radians(yaw_deg), 0.0)
+    return image
+
+
+def test_fit_recovers_a_rendered_expression_and_pose(asset, reconstructor):
+    """Renders of the ICT head with known expression and yaw, through the real MediaPipe path."""
+    neutral = reconstruct(reconstructor, [render_driver(asset, {})]).params
+    jaw = reconstruct(reconstructor, [render_driver(asset, {"jawOpen": 0.7})]).params
+    blink = reconstruct(reconstructor, [render_driver(asset, {"eyeBlink_L": 1.0, "eyeBlink_R": 1.0})]).params
+    turned = reconstruct(reconstructor, [render_driver(asset, {}, yaw_deg=25.0)]).params
+    j, b = asset.expression_index("jawOpen"), [asset.expression_index(n) for n in ("eyeBlink_L", "eyeBlink_R")]
+    assert jaw.expression[0, j] > neutral.expression[0, j] + 0.3
+    assert blink.expression[0, b].mean() > neutral.expression[0, b].mean() + 0.25
+    yaw = float(yaw_pitch_roll(turned.pose)[0, 0])
+    assert abs(abs(yaw) - 25.0) < 6.0, yaw
+    assert abs(float(yaw_pitch_roll(neutral.pose)[0, 0])) < 4.0
+
+
+def lip_gap(model: ICTHeadModel, heads) -> float:
+    """Inner-lip gap (cm) of the unposed retargeted head: MediaPipe points 13 and 14."""
+    pts = model.landmark_points(model.canonical(heads))
+    return float((pts[0, 13] - pts[0, 14]).norm())
+
+
+def test_retarget_follows_the_driver_and_keeps_the_source(assets, reconstructor):
+    from PIL import Image
+    faces = assets / "faces"
+    source = np.array(Image.open(faces / "source_s42.jpg").convert("RGB"))
+    open_mouth = np.array(Image.open(faces / "driving_d19.jpg").convert("RGB"))
+    turned = np.array(Image.open(faces / "source_s9.jpg").convert("RGB"))
+    rest = retarget_images(reconstructor, source, [source])
+    result = retarget_images(reconstructor, source, [open_mouth, turned])
+    model = reconstructor.head_model
+    assert result.full_head and result.backend == "ict" and "face only" not in result.report()
+    assert torch.equal(result.heads.shape[0], result.source.shape[0]), "the source's identity is kept"
+    assert torch.equal(result.heads.shape[1], result.source.shape[0])
+    assert lip_gap(model, result.heads[0]) > lip_gap(model, rest.heads[0]) + 0.3, "the mouth opens with the driver"
+    yaw_src = float(yaw_pitch_roll(rest.heads.pose)[0, 0])
+    yaw_turned = float(yaw_pitch_roll(result.heads[1].pose)[0, 0])
+    assert abs(yaw_turned - yaw_src) > 5.0, (yaw_src, yaw_turned)
+    for frame, maps in zip([open_mouth, turned], result.maps):
+        assert maps.shaded.shape == (1, *frame.shape[:2], 3)
+
+
+def test_head_mask_covers_more_than_the_face(assets, reconstructor):
+    from PIL import Image
+    image = np.array(Image.open(assets / "faces" / "source_s42.jpg").convert("RGB"))
+    head = retarget_images(reconstructor, image, [image], region="head").maps[0].mask[0]
+    face = retarget_images(reconstructor, image, [image], region="face").maps[0].mask[0]
+    assert bool((head >= face).all()) and head.sum() > 1.5 * face.sum()
+    rows_f, cols_f = torch.nonzero(face, as_tuple=True)
+    rows_h, cols_h = torch.nonzero(head, as_tuple=True)
+    assert rows_h.min() < rows_f.min() - 10, "the skull rises above the forehead"
+    assert cols_h.min() < cols_f.min() - 3 and cols_h.max() > cols_f.max() + 3, "ears beside the cheeks"
+
+
+def test_neck_turns_less_than_the_head(reconstructor):
+    model = reconstructor.head_model
+    params = reconstruct(reconstructor, [render_driver(model.asset, {})]).params
+    straight = model.vertices(params)
+    turned_params = type(params)(**{**params.__dict__, "pose": torch.tensor([[0.0, math.radians(40), 0.0]])})
+    turned = model.vertices(turned_params)
+    w = torch.from_numpy(model.asset.neck_weight)
+    base = (w == 0).nonzero().squeeze(1)
+    top = (model.mean[:, 1] > 8).nonzero().squeeze(1)
+
+    def yaw_of(points_a, points_b):  # mean rotation about y of a vertex set, degrees
+        a, b = points_a[:, [0, 2]], points_b[:, [0, 2]]
+        a, b = a - a.mean(0), b - b.mean(0)
+        return math.degrees(math.atan2(float((a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]).sum()),
+                                       float((a * b).sum())))
+
+    head_turn = abs(yaw_of(straight[0, top], turned[0, top]))
+    neck_turn = abs(yaw_of(straight[0, base], turned[0, base]))
+    assert head_turn > 30 and neck_turn < 0.5 * head_turn, (head_turn, neck_turn)
+
+
+def test_no_face_is_a_clear_error(assets, reconstructor):
+    from PIL import Image
+    cat = np.array(Image.open(assets / "faces" / "source_s39.jpg").convert("RGB"))
+    with pytest.raises(InputImageError, match="no face found"):
+        reconstruct(reconstructor, [cat], names=["the cat"])
+
+
+def test_auto_falls_back_to_ict(tmp_path):
+    rec = build_reconstructor("auto", [tmp_path], [tmp_path])
+    assert rec.name == "ict" and rec.head_model.full_head
+
+
+def test_build_head_asset_command_validates_its_options(tmp_path):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "hp3_core", "build-head-asset", "--ict", str(tmp_path),
+                          "--out", str(tmp_path / "a.npz")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "generic_neutral_mesh.obj" in out.stderr and "Traceback" not in out.stderr
