@@ -9,12 +9,16 @@ What a user places (all optional except the model):
 * ``FLAME_masks.pkl``: FLAME's vertex masks (the ``face`` entry gives the face region).
 
 ``generic_model.pkl`` and ``FLAME_masks.pkl`` are Python-2 pickles holding chumpy and
-scipy-sparse objects; they are read with :mod:`.safe_pickle`'s restricted unpickler, which
-rebuilds only their arrays and refuses any other class with a :class:`FlameFileError`.
+scipy-sparse objects; they are read by :mod:`.safe_pickle`, which interprets the pickle's opcodes
+itself (no ``pickle.Unpickler``), rebuilds only their plain numeric arrays and refuses any other
+class with a :class:`FlameFileError`.
 
 ``.npz`` files use FLAME's own field names (``v_template``, ``shapedirs``, ``posedirs``,
 ``J_regressor`` dense, ``kintree_table``, ``weights``, ``f``), plus the optional ``n_shape``,
-``l_eyelid``, ``r_eyelid`` and ``face_vertex_ids``; they are read with ``allow_pickle=False``.
+``l_eyelid``, ``r_eyelid`` and ``face_vertex_ids``. They and the eyelid ``.npy`` files are read
+by :func:`_read_npy`: plain numeric dtypes only (never pickled objects), every array's shape
+checked against the bytes that are really there, and an ``.npz`` may not unpack to more than
+:func:`_npz_budget` of its own size, so a small file can never make the reader allocate much.
 The :class:`FlameAssets` names (``faces``, ``lbs_weights``, ``parents``) are accepted too.
 
 Writing FLAME-format files (and synthetic models for tests) is in :mod:`.flame_synthetic`.
@@ -22,6 +26,8 @@ Writing FLAME-format files (and synthetic models for tests) is in :mod:`.flame_s
 from __future__ import annotations
 
 import logging
+import math
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import MissingModelFileError
-from .safe_pickle import FIX_MODEL, FlameFileError, _plain, _read_pickle
+from .safe_pickle import (FIX_MODEL, MAX_DIMS, MAX_PICKLE_BYTES, FlameFileError, _plain,
+                          _read_pickle)
 
 log = logging.getLogger(__name__)
 
@@ -171,22 +178,82 @@ def _is_zip(path: Path) -> bool:
         return fh.read(4) == b"PK\x03\x04"
 
 
-def _read_npz(path: Path, fix: str) -> dict[str, np.ndarray]:
+def _npz_budget(n_bytes: int) -> int:
+    """The most bytes an ``.npz`` of ``n_bytes`` may unpack to. ``np.savez`` stores arrays as they
+    are and ``savez_compressed`` of FLAME's float data gains little, while a crafted member can
+    inflate a thousandfold."""
+    return 8 * 2**20 + 4 * int(n_bytes)
+
+
+def _read_npy(fh: Any, payload: int, what: str, path: Path, fix: str) -> np.ndarray:
+    """One ``.npy`` array from ``fh``, whose header and data take exactly ``payload`` bytes.
+
+    Only a plain numeric dtype is accepted, and the header's shape must match the bytes there:
+    the array is allocated only after that check (``np.load`` would allocate the shape first).
+
+    Raises:
+        FlameFileError: not an ``.npy``, a pickled-object or structured array, or a shape that
+            the bytes do not hold.
+    """
+    fmt = np.lib.format
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except ValueError as err:
-        if "allow_pickle" in str(err) or "Object arrays" in str(err):
-            raise FlameFileError(path, "it holds Python objects (pickled arrays), which are refused",
-                                 fix) from err
-        raise FlameFileError(path, f"not a readable .npz ({err})", fix) from err
-    except Exception as err:
+        version = fmt.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+        start = fh.tell()
+    except (ValueError, OSError, EOFError, SyntaxError, RecursionError, MemoryError) as err:
+        raise FlameFileError(path, f"{what} is not a plain .npy array ({err})", fix) from None
+    if dtype.hasobject:
+        raise FlameFileError(path, f"it holds Python objects (pickled arrays, in {what}), which "
+                             "are refused", fix)
+    if dtype.kind not in "biuf" or dtype.names is not None or dtype.subdtype is not None \
+            or len(shape) > MAX_DIMS:
+        raise FlameFileError(path, f"{what} is not a plain numeric array (dtype {dtype}, "
+                             f"shape {shape})", fix)
+    need = math.prod(shape) * dtype.itemsize
+    if need != payload - start:
+        raise FlameFileError(path, f"{what} claims shape {list(shape)} ({dtype}, {need} bytes) but "
+                             f"holds {payload - start} bytes", fix)
+    data = fh.read(need)
+    if len(data) != need:
+        raise FlameFileError(path, f"{what} is truncated", fix)
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return np.array(arr, order="C")
+
+
+def _read_npz(path: Path, fix: str) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` (a zip of ``.npy`` files) by name, within :func:`_npz_budget`."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            unpacked = sum(m.file_size for m in members)
+            if len(members) > 1000 or unpacked > _npz_budget(path.stat().st_size):
+                raise FlameFileError(path, f"it unpacks to {unpacked} bytes in {len(members)} "
+                                     "entries, far more than its size allows", fix)
+            out = {}
+            for member in members:
+                if member.is_dir():
+                    continue
+                key = member.filename[:-4] if member.filename.endswith(".npy") else member.filename
+                with archive.open(member) as fh:
+                    out[key] = _read_npy(fh, member.file_size, f"array '{key}'", path, fix)
+            return out
+    except FlameFileError:
+        raise
+    except Exception as err:  # noqa: BLE001 - zipfile raises several types for damaged files
         raise FlameFileError(path, f"not a readable .npz ({type(err).__name__}: {err})",
-                             fix) from err
+                             fix) from None
 
 
 def _read_fields(path: Path, fix: str) -> dict[str, Any]:
     """The top-level dict of a FLAME-style ``.pkl`` or ``.npz`` file, arrays made plain."""
+    size = path.stat().st_size
+    if size > MAX_PICKLE_BYTES:
+        raise FlameFileError(path, f"the file is {size / 2**20:.0f} MB, far more than FLAME needs", fix)
     if _is_zip(path):
         return _read_npz(path, fix)
     obj = _read_pickle(path, fix)
@@ -267,15 +334,15 @@ def assets_from_fields(fields: Mapping[str, Any], path: str | Path = "<memory>")
         FlameFileError: a field is missing or has the wrong shape.
     """
     path = Path(path)
-    v_template = np.asarray(_field(fields, path, "v_template"), np.float64)
-    n_v = v_template.shape[0] if v_template.ndim == 2 else -1
-    eyelids = None
-    if "eyelids" in fields:
-        eyelids = fields["eyelids"]
-    elif "l_eyelid" in fields and "r_eyelid" in fields:
-        eyelids = np.stack([np.asarray(fields["l_eyelid"]), np.asarray(fields["r_eyelid"])])
-    n_shape = fields.get("n_shape")
-    try:
+    try:  # a field of the wrong type (text, a dict...) is a FlameFileError too, not a TypeError
+        v_template = np.asarray(_field(fields, path, "v_template"), np.float64)
+        n_v = v_template.shape[0] if v_template.ndim == 2 else -1
+        eyelids = None
+        if "eyelids" in fields:
+            eyelids = fields["eyelids"]
+        elif "l_eyelid" in fields and "r_eyelid" in fields:
+            eyelids = np.stack([np.asarray(fields["l_eyelid"]), np.asarray(fields["r_eyelid"])])
+        n_shape = fields.get("n_shape")
         return FlameAssets(
             v_template=v_template,
             shapedirs=_field(fields, path, "shapedirs"),
@@ -288,8 +355,8 @@ def assets_from_fields(fields: Mapping[str, Any], path: str | Path = "<memory>")
             eyelids=eyelids,
             face_vertex_ids=fields.get("face_vertex_ids"),
         )
-    except (ValueError, TypeError) as err:
-        raise FlameFileError(path, f"not a usable FLAME model: {err}") from err
+    except (ValueError, TypeError, IndexError, OverflowError) as err:
+        raise FlameFileError(path, f"not a usable FLAME model: {err}") from None
 
 
 def load_flame(path: str | Path, eyelids: str | Path | Sequence[str | Path] | None = None,
@@ -297,8 +364,8 @@ def load_flame(path: str | Path, eyelids: str | Path | Sequence[str | Path] | No
     """Read a FLAME model safely.
 
     Args:
-        path: ``generic_model.pkl`` (FLAME 2020, Python-2 pickle, read with
-            :class:`~.safe_pickle.RestrictedUnpickler`), a FLAME-style ``.npz``, or a folder holding one of
+        path: ``generic_model.pkl`` (FLAME 2020, Python-2 pickle, read by
+            :mod:`.safe_pickle` without unpickling), a FLAME-style ``.npz``, or a folder holding one of
             :data:`FLAME_MODEL_NAMES`. The format is told by the file's first bytes.
         eyelids: optional folder with ``l_eyelid.npy`` and ``r_eyelid.npy``, or the two paths
             (left, right); see :func:`load_eyelids`.
@@ -335,7 +402,8 @@ def load_eyelids(source: str | Path | Sequence[str | Path]) -> np.ndarray:
 
     Args:
         source: a folder holding ``l_eyelid.npy`` and ``r_eyelid.npy``, or the two file paths
-            (left first). The files are plain numpy arrays, read with ``allow_pickle=False``.
+            (left first). The files are plain numpy arrays (no pickled objects; shape checked
+            against the file's size before anything is allocated).
 
     Raises:
         MissingModelFileError: a file is missing (lists the folder and the names).
@@ -356,13 +424,13 @@ def load_eyelids(source: str | Path | Sequence[str | Path]) -> np.ndarray:
                                     SMIRK_URL)
     out = []
     for f in files:
-        try:
-            arr = np.load(f, allow_pickle=False)
-        except Exception as err:
-            raise FlameFileError(f, f"not a plain .npy array ({type(err).__name__}: {err})",
-                                 FIX_EYELIDS) from err
-        if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.shape[1] != 3 \
-                or arr.dtype.kind not in "fiu":
+        size = f.stat().st_size
+        if size > MAX_PICKLE_BYTES:
+            raise FlameFileError(f, f"the file is {size / 2**20:.0f} MB, far more than eyelid "
+                                 "blendshapes need", FIX_EYELIDS)
+        with f.open("rb") as fh:
+            arr = _read_npy(fh, size, "the file", f, FIX_EYELIDS)
+        if arr.ndim != 2 or arr.shape[1] != 3 or arr.dtype.kind not in "fiu":
             raise FlameFileError(f, f"expected a [V, 3] float array, got {getattr(arr, 'shape', '?')}",
                                  FIX_EYELIDS)
         out.append(arr.astype(np.float64))
@@ -376,7 +444,7 @@ def load_face_vertex_ids(path: str | Path, region: str = "face") -> np.ndarray:
     """Vertex indices of one region of FLAME's vertex masks (``FLAME_masks.pkl``).
 
     Args:
-        path: ``FLAME_masks.pkl`` (restricted unpickler), an ``.npz`` with the same keys, or a
+        path: ``FLAME_masks.pkl`` (read by :mod:`.safe_pickle`), an ``.npz`` with the same keys, or a
             folder holding ``FLAME_masks.pkl``.
         region: the mask's key (``face``, ``lips``, ``left_eyeball``...).
 
@@ -394,7 +462,10 @@ def load_face_vertex_ids(path: str | Path, region: str = "face") -> np.ndarray:
     if region not in fields:
         raise FlameFileError(path, f"it has no '{region}' mask (masks: {', '.join(sorted(fields))})",
                              FIX_MASKS)
-    ids = np.asarray(fields[region])
+    try:
+        ids = np.asarray(fields[region])
+    except (ValueError, TypeError):  # ragged nested lists
+        ids = np.zeros((0, 0))
     if ids.dtype.kind not in "iu" or ids.ndim != 1:
         raise FlameFileError(path, f"mask '{region}' is not a list of vertex indices", FIX_MASKS)
     return ids.astype(np.int64)

@@ -47,6 +47,7 @@ from torch import nn
 
 from ..errors import MissingModelFileError, WeightFileError
 from ..optional import require
+from .torch_checkpoint import CheckpointRefused, check_torch_checkpoint
 
 POSE_BACKBONE = "tf_mobilenetv3_small_minimal_100"
 SHAPE_EXPRESSION_BACKBONE = "tf_mobilenetv3_large_minimal_100"
@@ -237,7 +238,10 @@ def _check_against(model: nn.Module, state: Mapping[str, torch.Tensor], path: Pa
 def load_smirk_encoder(path: str | Path, device: str | torch.device = "cpu") -> SmirkEncoder:
     """Load SMIRK's encoder from ``SMIRK_em1.pt`` (or a bare encoder state dict), in eval mode.
 
-    The file is read with ``torch.load(..., weights_only=True)``: no arbitrary pickle code runs.
+    The file is first checked by :func:`~.torch_checkpoint.check_torch_checkpoint` (zip format,
+    uncompressed records, a ``data.pkl`` of bounded depth and size whose storages match their
+    records: nothing is allocated that the file does not hold), then read with
+    ``torch.load(..., weights_only=True)``: no arbitrary pickle code runs.
 
     Raises:
         MissingModelFileError: ``path`` does not exist.
@@ -248,6 +252,10 @@ def load_smirk_encoder(path: str | Path, device: str | torch.device = "cpu") -> 
     path = Path(path)
     if not path.is_file():
         raise MissingModelFileError("SMIRK encoder weights", [path.name], [path.parent], WHERE_TO_GET)
+    try:
+        check_torch_checkpoint(path)
+    except CheckpointRefused as err:
+        raise SmirkWeightFileError(path, f"refused before loading: {_one_line(err)}") from None
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
