@@ -4,7 +4,8 @@ from __future__ import annotations
 from .hp3_patch import HP3Conditions, apply_hp3, make_conditions
 
 _STRENGTH = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01,
-                       "tooltip": "How strongly the head conditions change the UNet (0 = the base model)."})
+                       "tooltip": "How strongly the head conditions change the UNet (0 = this node changes "
+                                  "nothing; an HP3 applied earlier stays)."})
 _START = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
                     "tooltip": "Fraction of the sampling (0 = first step) where HP3 starts."})
 _END = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
@@ -42,7 +43,9 @@ class HP3ApplyConnector:
     DESCRIPTION = ("Installs HP3's adaptive connector on a copy of the MODEL: at every decoder block the "
                    "head conditions are added to the decoder features and modulate the block's first "
                    "GroupNorm. The unconditional (negative) branch runs the base UNet unchanged. Other "
-                   "copies of the MODEL are not affected; an untrained (zero) connector changes nothing.")
+                   "copies of the MODEL are not affected; an untrained (zero) connector changes nothing. "
+                   "One HP3 per MODEL: an HP3 applied earlier is replaced (logged), except at strength 0. "
+                   "Apply it after other packs' model patches: it chains their UNet wrapper.")
     CATEGORY = "HP3/apply"
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
@@ -61,7 +64,8 @@ class HP3ApplyConnector:
 class HP3Apply:
     DESCRIPTION = ("Applies HP3 in one node: HP3 Head Controller followed by HP3 Adaptive Connector, with "
                    "exactly the same result. The head and the 3D renders condition the positive branch; "
-                   "the negative branch runs the base UNet.")
+                   "the negative branch runs the base UNet. One HP3 per MODEL: an HP3 applied earlier is "
+                   "replaced (logged), except at strength 0.")
     CATEGORY = "HP3/apply"
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)

@@ -14,6 +14,17 @@ ComfyUI's ModelPatcher, on a **clone** of the MODEL (other clones are untouched)
 The unconditional branch of CFG gets no head conditions: its rows run the base UNet exactly,
 as the core Apply ControlNet does when it is applied to the positive conditioning only.
 
+One HP3 per MODEL, composed with other packs (see NODES.md, "HP3 beside other packs"):
+
+* the install is recorded in ``transformer_options[HP3_KEY]`` (an :class:`HP3Install`), which the
+  host hands to every model call. A later Apply HP3 replaces an earlier one (logged); at strength 0
+  it leaves the MODEL, and so an earlier HP3, as it is;
+* HP3's wrapper calls the wrapper it finds (installed before by another pack). An HP3 wrapper that
+  is still called through another pack's wrapper after a later Apply HP3 replaced it passes the
+  call through: only the MODEL's current HP3 runs its controller;
+* a wrapper installed after HP3 that does not call the previous one switches HP3 off; the
+  output-block patch notices at sample time (HP3's wrapper did not run) and logs a warning.
+
 Patch objects share the HP3 weights: ``copy.deepcopy`` (what ``ModelPatcher.clone`` does to
 ``model_options`` on 2024/2025 hosts) returns the same object, ``.to(device)`` moves the shared
 HP3 model, ``.to(dtype)`` keeps the weights' own dtype (the core casts at its boundaries), and
@@ -21,7 +32,12 @@ HP3 model, ``.to(dtype)`` keeps the weights' own dtype (the core casts at its bo
 """
 from __future__ import annotations
 
+import contextvars
 import logging
+import math
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +53,7 @@ from .model_family import model_family
 log = logging.getLogger(__name__)
 
 IN_MEMORY = "<in-memory HP3 model>"
+HP3_KEY = "hp3"  # transformer_options key: the MODEL's HP3Install (the host passes it to every call)
 
 
 def _is_hp3_model(obj: Any) -> bool:
@@ -123,9 +140,16 @@ def make_conditions(hp3_model: Any, head: Any, head3d: Any, strength: float = 1.
         raise HP3Error("no head is connected: connect 'HP3 Head Encode' to the head input")
     if head3d is None:
         raise HP3Error("no 3D head is connected: connect 'HP3 3D Head Retarget' to the head3d input")
+    _check_finite_number("strength", strength)
+    _check_finite_number("start_percent", start_percent)
+    _check_finite_number("end_percent", end_percent)
+    if strength < 0:
+        raise HP3Error(f"HP3 input 'strength' must be 0 or more (0 = no change), got {strength}")
     if not 0.0 <= start_percent <= end_percent <= 1.0:
         raise HP3Error(f"HP3 start_percent ({start_percent}) must not exceed end_percent ({end_percent}); "
                        f"both are between 0 and 1")
+    _check_head_finite(head)
+    _check_connector_finite(model, path)
     with torch.no_grad():
         device = _device_of(model.encoder)
         features = head.to(device) if hasattr(head, "to") else head
@@ -148,6 +172,88 @@ def make_conditions(hp3_model: Any, head: Any, head3d: Any, strength: float = 1.
                          weights_path=path)
 
 
+def _check_finite_number(name: str, value: Any) -> None:
+    """Refuse NaN/inf (or a non-number) in a numeric node input, naming the input."""
+    try:
+        ok = math.isfinite(float(value))
+    except (TypeError, ValueError):
+        raise HP3Error(f"HP3 input '{name}' must be a number, got {value!r}") from None
+    if not ok:
+        raise HP3Error(f"HP3 input '{name}' is {value} (not finite); set a number in its widget's range")
+
+
+def _check_head_finite(head: Any) -> None:
+    """The head's feature tensors must be finite (a NaN here would reach every sampling step)."""
+    for name in ("id_embeds", "clip_hidden", "tokens"):
+        t = getattr(head, name, None)
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+            raise HP3Error(f"the head input's {name} contains NaN/inf values; re-run HP3 Head Encode "
+                           f"(or re-create the saved head file)")
+
+
+def _check_connector_finite(model: Any, path: str) -> None:
+    """NaN/inf connector weights would make even the unconditional rows NaN (0 * NaN = NaN).
+
+    The connector is small (one check per Apply); the controller's output is checked every step.
+    """
+    for name, p in model.connector.named_parameters():
+        if not torch.isfinite(p).all():
+            raise HP3Error(f"the HP3 weights '{path}' hold NaN/inf values in connector.{name}; "
+                           f"the file is damaged: re-download or re-export it")
+
+
+@dataclass(frozen=True, eq=False)
+class HP3Install:
+    """One Apply HP3 on a MODEL copy, recorded in ``transformer_options[HP3_KEY]``.
+
+    Compared by identity: the wrapper and the output patch of one Apply hold the same object, so
+    at sample time each can tell whether it is the MODEL's current HP3.
+    """
+
+    weights_path: str
+    strength: float
+
+    def __deepcopy__(self, memo):
+        return self  # ModelPatcher.clone deep-copies model_options: keep the identity
+
+    def describe(self) -> str:
+        return f"weights '{self.weights_path}', strength {self.strength:g}"
+
+
+# The install whose wrapper is running the current model call (set by HP3UNetWrapper).
+_running: contextvars.ContextVar[HP3Install | None] = contextvars.ContextVar("hp3_wrapper_running",
+                                                                             default=None)
+_reported_displaced: weakref.WeakSet[HP3Install] = weakref.WeakSet()
+
+
+@contextmanager
+def _wrapper_running(install: HP3Install) -> Iterator[None]:
+    token = _running.set(install)
+    try:
+        yield
+    finally:
+        _running.reset(token)
+
+
+def _install_of_call(args: dict) -> HP3Install | None:
+    """The HP3 install of the MODEL being sampled, from the model call's transformer_options."""
+    c = args.get("c")
+    options = c.get("transformer_options") if isinstance(c, dict) else None
+    install = options.get(HP3_KEY) if isinstance(options, dict) else None
+    return install if isinstance(install, HP3Install) else None
+
+
+def _report_displaced(install: HP3Install) -> None:
+    """Warn once per install that HP3's wrapper did not run (HP3 is off for this sampling)."""
+    if install in _reported_displaced:
+        return
+    _reported_displaced.add(install)
+    log.warning("HP3 is switched OFF for this sampling (%s): a node applied to the MODEL after Apply HP3 "
+                "replaced the UNet function wrapper (model_function_wrapper) without calling HP3's. "
+                "Apply HP3 after that node instead: HP3 calls the wrapper it finds, so both then run.",
+                install.describe())
+
+
 class _SharedPatch:
     """Weight-sharing behaviour ComfyUI expects of patch objects."""
 
@@ -159,9 +265,18 @@ class _SharedPatch:
 
 
 class HP3OutputPatch(_SharedPatch):
-    """``set_model_output_block_patch``: ``h + rows * ZeroConv(c)`` before each skip concatenation."""
+    """``set_model_output_block_patch``: ``h + rows * ZeroConv(c)`` before each skip concatenation.
+
+    It also notices when HP3's wrapper did not run for this model call (another pack's wrapper,
+    installed later, does not chain): HP3 is then off, and that is logged once per install.
+    """
+
+    def __init__(self, install: HP3Install | None = None) -> None:
+        self.install = install
 
     def __call__(self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict):
+        if self.install is not None and _running.get() is not self.install:
+            _report_displaced(self.install)
         block = transformer_options.get("block")
         if block is not None and block[0] == "output":
             h = hp3_connector.inject(int(block[1]), h)
@@ -178,12 +293,15 @@ class HP3UNetWrapper(_SharedPatch):
         conditions: the :class:`HP3Conditions`.
         model_sampling: the MODEL's model sampling (sigma <-> timestep, input scaling).
         inner: a wrapper the MODEL already had; it is called inside this one (chained).
+        install: the :class:`HP3Install` this wrapper belongs to (None: always acts).
     """
 
-    def __init__(self, conditions: HP3Conditions, model_sampling: Any, inner: Any = None) -> None:
+    def __init__(self, conditions: HP3Conditions, model_sampling: Any, inner: Any = None,
+                 install: HP3Install | None = None) -> None:
         self.conditions = conditions
         self.model_sampling = model_sampling
         self.inner = inner
+        self.install = install
         self.sigma_start = float(model_sampling.percent_to_sigma(conditions.start_percent))
         self.sigma_end = float(model_sampling.percent_to_sigma(conditions.end_percent))
         self._hints: dict[tuple, torch.Tensor] = {}  # resized renders by latent size and device
@@ -196,7 +314,7 @@ class HP3UNetWrapper(_SharedPatch):
         if inner is not None and hasattr(inner, "to"):
             moved = inner.to(device_or_dtype, *args, **kwargs)
             if moved is not inner:  # never mutate an installed patch: a new wrapper, same weights
-                return HP3UNetWrapper(self.conditions, self.model_sampling, moved)
+                return HP3UNetWrapper(self.conditions, self.model_sampling, moved, self.install)
         return self
 
     def models(self) -> list:
@@ -205,11 +323,19 @@ class HP3UNetWrapper(_SharedPatch):
 
     # -- the model call ----------------------------------------------------------------------
     def __call__(self, apply_model, args: dict):
+        current = _install_of_call(args)
+        if self.install is not None and current is not None and current is not self.install:
+            # A later Apply HP3 replaced this one, but another pack's wrapper still calls it:
+            # pass through, so only the MODEL's current HP3 runs (and its conditions stay active).
+            return self._call_inner(apply_model, args)
         state = self.state_for(args["input"], args["timestep"], args["c"], args["cond_or_uncond"])
-        with hp3_connector.active(state):
-            if self.inner is not None:
-                return self.inner(apply_model, args)
-            return apply_model(args["input"], args["timestep"], **args["c"])
+        with hp3_connector.active(state), _wrapper_running(self.install):
+            return self._call_inner(apply_model, args)
+
+    def _call_inner(self, apply_model, args: dict):
+        if self.inner is not None:
+            return self.inner(apply_model, args)
+        return apply_model(args["input"], args["timestep"], **args["c"])
 
     def hp3_rows(self, batch: int, cond_or_uncond: list) -> list[int]:
         """Rows that get HP3: those of the conditional chunks (``cond_or_uncond`` entry 0)."""
@@ -247,8 +373,12 @@ class HP3UNetWrapper(_SharedPatch):
             y = y.to(x.device)[idx]
         with torch.no_grad():
             conds = model.conditions(sample, timesteps, tokens, hint, y)
-        return conditions_for_rows(conds, idx, batch, cond.strength, model.connector,
-                                   f"the HP3 weights '{cond.weights_path}' (sigma {float(sig[0]):.4g})")
+        try:
+            return conditions_for_rows(conds, idx, batch, cond.strength, model.connector,
+                                       f"the HP3 weights '{cond.weights_path}' (sigma {float(sig[0]):.4g})")
+        except HP3Error:
+            _check_sampling_inputs(x[idx], y, float(sig[0]))  # only on failure: no sync per step
+            raise
 
     def hint(self, h: int, w: int, per_chunk: int, device: torch.device) -> torch.Tensor:
         """[per_chunk, 3, 8h, 8w] renders: center-cropped, resized, frames mapped to the rows."""
@@ -260,8 +390,56 @@ class HP3UNetWrapper(_SharedPatch):
         return cached
 
 
+def _check_sampling_inputs(latent: torch.Tensor, y: torch.Tensor | None, sigma: float) -> None:
+    """Name the sampling input that made the head conditions non-finite, if it is one of them."""
+    if not torch.isfinite(latent).all():
+        raise HP3Error(f"the latent entering the UNet at sigma {sigma:.4g} contains NaN/inf values: the "
+                       f"latent_image input of the sampler (or a node before it) is damaged, not HP3")
+    if y is not None and not torch.isfinite(y).all():
+        raise HP3Error(f"the model's pooled/size conditioning (y) at sigma {sigma:.4g} contains NaN/inf "
+                       f"values: check the positive conditioning connected to the sampler")
+
+
+def installed_hp3(model_patcher: Any) -> HP3Install | None:
+    """The HP3 install already on a MODEL (None when it has none)."""
+    options = getattr(model_patcher, "model_options", {}).get("transformer_options", {})
+    install = options.get(HP3_KEY)
+    if isinstance(install, HP3Install):
+        return install
+    for patch in options.get("patches", {}).get("output_block_patch", []):
+        # the record was dropped (another pack rebuilt transformer_options): HP3's patch remains
+        if isinstance(patch, HP3OutputPatch) and patch.install is not None:
+            return patch.install
+    return None
+
+
+def _without_hp3(m: Any) -> Any:
+    """Remove HP3's own patches from the clone ``m``; return the wrapper HP3 should chain.
+
+    An earlier HP3 wrapper on top is unwrapped (what it chained is kept). One buried under another
+    pack's wrapper cannot be taken out; it passes through at sample time (see HP3UNetWrapper).
+    """
+    inner = m.model_options.get("model_function_wrapper")
+    if isinstance(inner, HP3UNetWrapper):
+        inner = inner.inner
+    # New dicts and lists: never mutate what the original MODEL may still share with this clone.
+    options = dict(m.model_options.get("transformer_options", {}))
+    patches = dict(options.get("patches", {}))
+    if "output_block_patch" in patches:
+        patches["output_block_patch"] = [p for p in patches["output_block_patch"]
+                                         if not isinstance(p, HP3OutputPatch)]
+    options["patches"] = patches
+    options.pop(HP3_KEY, None)
+    m.model_options["transformer_options"] = options
+    return inner
+
+
 def apply_hp3(model_patcher: Any, conditions: HP3Conditions | None) -> Any:
-    """A clone of ``model_patcher`` with HP3 installed (the original is left unchanged)."""
+    """A clone of ``model_patcher`` with HP3 installed (the original is left unchanged).
+
+    One HP3 per MODEL: an HP3 already installed is replaced (logged). At strength 0 the clone is
+    returned as it is, so an earlier HP3 stays (a strength-0 Apply only removes its own effect).
+    """
     if model_patcher is None:
         raise HP3Error("no MODEL is connected: connect a checkpoint loader's MODEL to HP3")
     if conditions is None:
@@ -276,17 +454,23 @@ def apply_hp3(model_patcher: Any, conditions: HP3Conditions | None) -> Any:
                        f"blocks but this MODEL has {len(blocks)}; use a base model of the family "
                        f"the weights were trained for ({model.config.family_name})")
 
+    earlier = installed_hp3(model_patcher)
     m = model_patcher.clone()
-    inner = m.model_options.get("model_function_wrapper")
-    if isinstance(inner, HP3UNetWrapper):  # HP3 applied again: the new conditions replace the old
-        inner = inner.inner
-    patches = m.model_options["transformer_options"].get("patches", {})
-    if "output_block_patch" in patches:
-        patches["output_block_patch"] = [p for p in patches["output_block_patch"]
-                                         if not isinstance(p, HP3OutputPatch)]
+    if conditions.strength == 0:
+        if earlier is not None:
+            log.info("HP3: this Apply HP3 has strength 0, so it adds nothing and leaves the HP3 applied "
+                     "earlier to this MODEL (%s) in place", earlier.describe())
+        return m
+    install = HP3Install(conditions.weights_path, conditions.strength)
+    if earlier is not None:
+        log.warning("HP3: this MODEL already has HP3 applied (%s); the later Apply HP3 (%s) replaces it. "
+                    "One HP3 per MODEL: to compare settings, apply each to its own copy of the MODEL.",
+                    earlier.describe(), install.describe())
+    inner = _without_hp3(m)
     model_sampling = m.object_patches.get("model_sampling", m.model.model_sampling)
-    m.set_model_unet_function_wrapper(HP3UNetWrapper(conditions, model_sampling, inner))
-    m.set_model_output_block_patch(HP3OutputPatch())
+    m.set_model_unet_function_wrapper(HP3UNetWrapper(conditions, model_sampling, inner, install))
+    m.set_model_output_block_patch(HP3OutputPatch(install))
+    m.model_options["transformer_options"][HP3_KEY] = install
 
     for i, (block, (dec, skip)) in enumerate(zip(blocks, expected)):
         key = f"diffusion_model.output_blocks.{i}.0.in_layers.0"

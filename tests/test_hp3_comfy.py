@@ -256,6 +256,122 @@ def test_applying_hp3_again_replaces_it(comfy, tiny_model, patch_mod, trained_hp
     assert torch.equal(sample(twice), sample(once))
 
 
+# -- composition with other packs' UNet wrappers, and HP3 applied twice ---------------------------------
+HALF = 0.5  # the stand-in wrapper halves the prediction: exact in float, so its effect is checkable
+
+
+def third_party_wrapper(mp, chaining: bool, calls: list):
+    """A clone of ``mp`` with a stand-in for another pack's UNet function wrapper.
+
+    A closure, as most packs write it. A ``chaining`` one calls the wrapper it found (as
+    well-behaved packs do); the other calls the UNet directly. Either way it halves the output.
+    """
+    m = mp.clone()
+    previous = m.model_options.get("model_function_wrapper") if chaining else None
+
+    def wrapper(apply_model, args):
+        calls.append(args["input"].shape[0])
+        if previous is not None:
+            out = previous(apply_model, args)
+        else:
+            out = apply_model(args["input"], args["timestep"], **args["c"])
+        return out * HALF
+
+    m.set_model_unet_function_wrapper(wrapper)
+    return m
+
+
+def predict(mp):
+    x, sigma, ctx = direct_inputs()
+    return direct_prediction(mp, x, sigma, ctx, [0, 1])
+
+
+def displaced_warnings(caplog) -> int:
+    return sum("switched OFF" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("chaining", [True, False], ids=["chaining", "not-chaining"])
+def test_hp3_chains_a_wrapper_installed_before_it(comfy, tiny_model, patch_mod, trained_hp3, chaining, caplog):
+    calls = []
+    patched = apply(patch_mod, third_party_wrapper(tiny_model, chaining, calls), trained_hp3)
+    with caplog.at_level(logging.WARNING):
+        both = predict(patched)
+    assert calls == [4], "the other pack's wrapper runs once per model call"
+    hp3_only = predict(apply(patch_mod, tiny_model, trained_hp3))
+    assert torch.equal(both, hp3_only * HALF), "both act: HP3's conditions and the other wrapper's change"
+    assert not torch.allclose(both, predict(tiny_model) * HALF, atol=1e-4)
+    assert displaced_warnings(caplog) == 0
+
+
+def test_a_chaining_wrapper_installed_after_hp3_keeps_hp3(comfy, tiny_model, patch_mod, trained_hp3, caplog):
+    calls = []
+    patched = third_party_wrapper(apply(patch_mod, tiny_model, trained_hp3), True, calls)
+    with caplog.at_level(logging.WARNING):
+        out = predict(patched)
+    assert calls == [4]
+    assert torch.equal(out, predict(apply(patch_mod, tiny_model, trained_hp3)) * HALF)
+    assert displaced_warnings(caplog) == 0
+
+
+def test_a_non_chaining_wrapper_installed_after_hp3_is_reported(comfy, tiny_model, patch_mod, trained_hp3,
+                                                                 monkeypatch, caplog):
+    spy = spy_on(monkeypatch, trained_hp3)
+    calls = []
+    patched = third_party_wrapper(apply(patch_mod, tiny_model, trained_hp3), False, calls)
+    with caplog.at_level(logging.WARNING):
+        first, second = predict(patched), predict(patched)
+    assert calls == [4, 4] and spy.calls == [], "HP3's wrapper was displaced: its controller never ran"
+    assert torch.equal(first, predict(tiny_model) * HALF) and torch.equal(second, first)
+    assert displaced_warnings(caplog) == 1, "said once per Apply, not per block or step"
+    assert "Apply HP3 after that node" in caplog.text
+    # the documented fix: HP3 applied after that node chains it, and both act
+    fixed = apply(patch_mod, patched, trained_hp3)
+    assert torch.equal(predict(fixed), predict(apply(patch_mod, tiny_model, trained_hp3)) * HALF)
+
+
+def test_hp3_again_over_a_chaining_wrapper_runs_only_the_later_hp3(comfy, tiny_model, patch_mod, trained_hp3,
+                                                                   monkeypatch, caplog):
+    other = tiny_hp3_model(tiny_hp3_config("sd15"), seed=1, trained=True)
+    spy_first, spy_later = spy_on(monkeypatch, trained_hp3), spy_on(monkeypatch, other)
+    calls = []
+    wrapped = third_party_wrapper(apply(patch_mod, tiny_model, trained_hp3), True, calls)
+    with caplog.at_level(logging.WARNING):
+        stacked = apply(patch_mod, wrapped, other)
+    assert "already has HP3 applied" in caplog.text and "replaces it" in caplog.text
+    out = predict(stacked)
+    assert calls == [4], "the other pack's wrapper still runs"
+    assert spy_first.calls == [] and len(spy_later.calls) == 1, "one controller per model call, the later one"
+    assert torch.equal(out, predict(apply(patch_mod, tiny_model, other)) * HALF)
+    assert not torch.allclose(out, predict(apply(patch_mod, tiny_model, trained_hp3)) * HALF, atol=1e-4)
+    spy_first.calls.clear()
+    spy_later.calls.clear()
+    sample(stacked, steps=2)  # the same through the host's sampler (its own transformer_options copy)
+    assert spy_first.calls == [] and len(spy_later.calls) == 2
+
+
+def test_a_later_apply_replaces_the_earlier_with_a_note(comfy, tiny_model, patch_mod, trained_hp3, caplog):
+    first = apply(patch_mod, tiny_model, trained_hp3, strength=1.0)
+    with caplog.at_level(logging.WARNING):
+        second = apply(patch_mod, first, trained_hp3, strength=0.5)
+    assert "already has HP3 applied" in caplog.text and "strength 1" in caplog.text
+    assert patch_mod.installed_hp3(second).strength == 0.5 and patch_mod.installed_hp3(first).strength == 1.0
+    assert len(second.model_options["transformer_options"]["patches"]["output_block_patch"]) == 1
+    alone = predict(apply(patch_mod, tiny_model, trained_hp3, strength=0.5))
+    assert torch.equal(predict(second), alone) and not torch.allclose(predict(first), alone, atol=1e-4)
+
+
+def test_strength_zero_leaves_an_earlier_hp3_in_place(comfy, tiny_model, patch_mod, trained_hp3, caplog):
+    first = apply(patch_mod, tiny_model, trained_hp3, strength=1.0)
+    with caplog.at_level(logging.INFO):
+        zero = apply(patch_mod, first, trained_hp3, strength=0.0)
+    assert "strength 0" in caplog.text and "in place" in caplog.text
+    assert patch_mod.installed_hp3(zero) is patch_mod.installed_hp3(first)
+    assert torch.equal(predict(zero), predict(first))
+    assert not torch.allclose(predict(zero), predict(tiny_model), atol=1e-4), "the earlier HP3 still acts"
+    plain = apply(patch_mod, tiny_model, trained_hp3, strength=0.0)
+    assert "model_function_wrapper" not in plain.model_options and patch_mod.installed_hp3(plain) is None
+
+
 # -- batch, sizes, frames ----------------------------------------------------------------------------
 def test_batch_and_latent_size_differ_from_the_render(comfy, tiny_model, patch_mod, trained_hp3, monkeypatch):
     spy = spy_on(monkeypatch, trained_hp3)
@@ -312,6 +428,36 @@ def test_nan_inputs_are_a_clear_error(comfy, patch_mod, errors, trained_hp3):
     head3d.maps[0].shaded[0, 0, 0, 0] = float("nan")
     with pytest.raises(errors.HP3Error, match="renders contain NaN"):
         patch_mod.make_conditions(trained_hp3, make_head(), head3d)
+
+
+@pytest.mark.parametrize("name, value", [("strength", float("nan")), ("strength", float("inf")),
+                                         ("strength", -0.5), ("start_percent", float("nan")),
+                                         ("end_percent", float("inf"))])
+def test_bad_numbers_are_refused_naming_the_input(comfy, patch_mod, errors, trained_hp3, name, value):
+    with pytest.raises(errors.HP3Error, match=f"HP3 input '{name}' (is|must be 0 or more)"):
+        patch_mod.make_conditions(trained_hp3, make_head(), make_head3d(), **{name: value})
+
+
+def test_non_finite_head_features_are_refused_naming_them(comfy, patch_mod, errors, trained_hp3):
+    head = make_head()
+    head.clip_hidden[0, 3, 5] = float("inf")
+    with pytest.raises(errors.HP3Error, match="head input's clip_hidden contains NaN/inf"):
+        patch_mod.make_conditions(trained_hp3, head, make_head3d())
+
+
+def test_non_finite_connector_weights_are_refused_naming_the_tensor(comfy, patch_mod, errors):
+    bad = tiny_hp3_model(tiny_hp3_config("sd15"), seed=0, trained=True)
+    with torch.no_grad():
+        bad.connector.blocks[2].shift_out.bias[0] = float("nan")
+    with pytest.raises(errors.HP3Error, match=r"connector\.blocks\.2\.shift_out\.bias"):
+        patch_mod.make_conditions(bad, make_head(), make_head3d())
+
+
+def test_a_non_finite_latent_is_named_not_blamed_on_hp3(comfy, tiny_model, patch_mod, errors, trained_hp3):
+    x, sigma, ctx = direct_inputs()
+    x[0, 1, 2, 3] = float("nan")
+    with pytest.raises(errors.HP3Error, match="latent entering the UNet at sigma 5 contains NaN"):
+        direct_prediction(apply(patch_mod, tiny_model, trained_hp3), x, sigma, ctx, [0, 1])
 
 
 def test_missing_inputs_are_clear_errors(comfy, tiny_model, patch_mod, errors, trained_hp3):
