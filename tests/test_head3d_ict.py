@@ -137,10 +137,18 @@ def test_fit_recovers_a_rendered_expression_and_pose(asset, reconstructor):
     turned = reconstruct(reconstructor, [render_driver(asset, {}, yaw_deg=25.0)]).params
     j, b = asset.expression_index("jawOpen"), [asset.expression_index(n) for n in ("eyeBlink_L", "eyeBlink_R")]
     assert jaw.expression[0, j] > neutral.expression[0, j] + 0.3
-    assert blink.expression[0, b].mean() > neutral.expression[0, b].mean() + 0.25
+    assert blink.expression[0, b].mean() > neutral.expression[0, b].mean() + 0.05
+    model = reconstructor.head_model
+    assert lid_gap(model, blink) < 0.6 * lid_gap(model, neutral), "the eyelids close with the driver"
     yaw = float(yaw_pitch_roll(turned.pose)[0, 0])
     assert abs(abs(yaw) - 25.0) < 6.0, yaw
     assert abs(float(yaw_pitch_roll(neutral.pose)[0, 0])) < 4.0
+
+
+def lid_gap(model: ICTHeadModel, heads) -> float:
+    """Mean upper-to-lower eyelid distance (cm) of the unposed head: MediaPipe 159-145, 386-374."""
+    pts = model.landmark_points(model.canonical(heads))
+    return float(((pts[0, 159] - pts[0, 145]).norm() + (pts[0, 386] - pts[0, 374]).norm()) / 2)
 
 
 def lip_gap(model: ICTHeadModel, heads) -> float:

@@ -7,8 +7,8 @@ then explains the error with extreme shapes). MediaPipe's face mesh runs on each
 each landmark is lifted back onto the mesh through the rasterizer's visible triangle: iris
 points onto the iris, every other point onto the front-facing skin (a point inside an eye or
 the mouth opening snaps to the nearest skin pixel: the lid or lip margin). Per landmark, the
-lifts of all views are mapped onto the mean mesh and the one nearest their median is kept, as a
-triangle and barycentrics.
+lifts of all views are mapped onto the mean mesh, averaged (strays dropped) and put back on the
+surface as a triangle and barycentrics.
 """
 from __future__ import annotations
 
@@ -152,6 +152,34 @@ def mediapipe_correspondence(asset: ICTHeadAsset, views: int = 9, seed: int = 0
     points = (mean[asset.triangles[tris]] * barys[..., None]).sum(2)            # [N, 478, 3] on the mean
     median = np.median(points, axis=0)
     dist = np.linalg.norm(points - median, axis=-1)                             # [N, 478]
-    best = dist.argmin(0)
-    cols = np.arange(points.shape[1])
-    return tris[best, cols], barys[best, cols], np.median(dist, axis=0)
+    # The mean of the lifts within twice the median distance (drops a view's stray detection),
+    # put back on the surface: the closest point on any triangle a view lifted this landmark to.
+    inlier = dist <= 2.0 * np.median(dist, axis=0, keepdims=True) + 1e-6
+    target = (points * inlier[..., None]).sum(0) / inlier.sum(0)[:, None]
+    tri_out = np.zeros(tris.shape[1], dtype=np.int64)
+    bary_out = np.zeros((tris.shape[1], 3), dtype=np.float32)
+    for i in range(tris.shape[1]):
+        best = None
+        for face in np.unique(tris[:, i]):
+            bary = closest_barycentric(mean[asset.triangles[face]], target[i])
+            d = float(np.linalg.norm(bary @ mean[asset.triangles[face]] - target[i]))
+            if best is None or d < best[0]:
+                best = (d, face, bary)
+        tri_out[i], bary_out[i] = best[1], best[2]
+    return tri_out, bary_out, np.median(dist, axis=0)
+
+
+def closest_barycentric(tri: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """[3] barycentrics of the point of triangle ``tri`` [3, 3] nearest ``q`` [3] (projection onto
+    the plane, clamped into the triangle: exact inside, a close approximation just outside)."""
+    a, b, c = tri
+    v0, v1, v2 = b - a, c - a, q - a
+    d00, d01, d11 = v0 @ v0, v0 @ v1, v1 @ v1
+    d20, d21 = v2 @ v0, v2 @ v1
+    den = d00 * d11 - d01 * d01
+    if abs(den) < 1e-18:
+        return np.array([1.0, 0.0, 0.0], dtype=np.float32)
+    v = (d11 * d20 - d01 * d21) / den
+    w = (d00 * d21 - d01 * d20) / den
+    bary = np.clip(np.array([1.0 - v - w, v, w]), 0.0, None)
+    return (bary / bary.sum()).astype(np.float32)

@@ -14,9 +14,14 @@ A few alternations of two small solves, deterministic and with no learned weight
 2. **coefficients** for a fixed pose: one bounded linear least squares (normal equations, 155 unknowns per image,
    solved with bounds by :func:`box_least_squares`)
    in centimetres, with ridge priors (identity modes are unit-variance PCA modes, so
-   ``IDENTITY_PRIOR * |a|^2``; ``EXPRESSION_PRIOR * |e|^2``), expression weights bounded to
+   ``IDENTITY_PRIOR * |a|^2``; ``EXPRESSION_PRIOR * sum_k m_k e_k^2`` with m_k the root of how far shape k
+   moves the landmarks relative to the average shape), expression weights bounded to
    [0, 1], and a penalty on the sum of contradictory pairs (smile + frown, look up + down, ...)
    so a scream is not explained as smile 0.8 + frown 0.9.
+
+Identity is solved twice: with expression, under a firm prior (so an open jaw or a blink is
+explained by expression, not by a long face or narrow eyes), then alone, with the expressions
+held, under a weak prior (so the head takes the person's real proportions).
 
 Several photos of one person share one identity ``a`` (pooled), each with its own pose and
 expression. Face-outline points slide along the silhouette as the head turns (they mark the
@@ -33,8 +38,9 @@ from .asset import ICTHeadAsset
 
 Z_WEIGHT = 0.05
 IDENTITY_PRIOR = 2e-3
-EXPRESSION_PRIOR = 1e-3
-PAIR_PRIOR = 4e-3
+IDENTITY_REFINE_PRIOR = 5e-5
+EXPRESSION_PRIOR = 1e-2
+PAIR_PRIOR = 2e-2
 OUTLINE_WEIGHT = 0.3
 EYELID_WEIGHT = 4.0
 LIP_WEIGHT = 2.0
@@ -88,9 +94,16 @@ class LandmarkBases:
         self.mean = at_landmarks(asset.vertices)
         self.identity = at_landmarks(asset.identity)
         self.expression = at_landmarks(asset.expression)
+        self.identity_flat = self.identity.reshape(len(self.identity), -1)      # [I, 478*3] views
+        self.expression_flat = self.expression.reshape(len(self.expression), -1)
         self.weights = np.ones(len(tri))
         for indices, weight in region_weights():
             self.weights[indices] = weight
+        # Each shape's prior scales with how far it moves the (weighted) landmarks, relative to
+        # the average shape: a blink moves a dozen lid points, a jaw opening a hundred; one flat
+        # prior would let the jaw through and silence the blink.
+        energy = (self.weights[:, None] * (self.expression ** 2).sum(-1).T).sum(0) / self.weights.sum()
+        self.expression_scale = np.sqrt(energy / energy.mean())
         names = list(asset.expression_names)
         self.pairs = []
         for a, b in CONTRADICTORY:
@@ -99,10 +112,14 @@ class LandmarkBases:
                 if na in names and nb in names and (names.index(na), names.index(nb)) not in self.pairs:
                     self.pairs.append((names.index(na), names.index(nb)))
 
+        self.pair_hessian = np.zeros((len(names), len(names)))
+        for a, b in self.pairs:  # PAIR_PRIOR * (e_a + e_b)^2
+            self.pair_hessian[np.ix_([a, b], [a, b])] += PAIR_PRIOR
+
     def points(self, identity: np.ndarray, expression: np.ndarray) -> np.ndarray:
         """[478, 3] model landmark points (cm) for coefficients [I] and [E]."""
-        return (self.mean + np.tensordot(identity, self.identity, axes=1)
-                + np.tensordot(expression, self.expression, axes=1))
+        flat = self.mean.reshape(-1) + identity @ self.identity_flat + expression @ self.expression_flat
+        return flat.reshape(-1, 3)
 
 
 @functools.lru_cache(maxsize=1)
@@ -173,49 +190,55 @@ def fit_pose(model: np.ndarray, target: np.ndarray, weights: np.ndarray,
     return rot, k, t
 
 
+def design(basis: np.ndarray, rot: np.ndarray, row_weights: np.ndarray) -> np.ndarray:
+    """[N*3, K] weighted design matrix of a landmark basis [K, N, 3] rotated by ``rot`` [3, 3]."""
+    k = basis.shape[0]
+    return ((basis.reshape(-1, 3) @ rot.T).reshape(k, -1) * row_weights).T
+
+
+def residual_weights(bases: LandmarkBases) -> np.ndarray:
+    """[N*3] square-root weights of the coordinate residuals: landmark weight (averaged over the
+    landmarks, so priors are relative to a mean residual) and the z weight."""
+    sw = np.sqrt(bases.weights / bases.weights.sum())[:, None]
+    return (np.array([1.0, 1.0, np.sqrt(Z_WEIGHT)]) * sw).reshape(-1)
+
+
 def fit_coefficients(bases: LandmarkBases, targets: list[np.ndarray],
                      poses: list[tuple[np.ndarray, float, np.ndarray]],
-                     identity: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Identity (shared, unless given: then held fixed) and per-image expression for fixed poses."""
+                     identity: np.ndarray | None = None, identity_prior: float = IDENTITY_PRIOR,
+                     start: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Identity (shared, unless given: then held fixed) and per-image expression for fixed poses.
+
+    Solves the normal equations of the stacked problem directly ([I + n E] unknowns); ``start``
+    (the previous solution, same layout) warm-starts the bounded solver.
+    """
     n_id, n_ex = bases.identity.shape[0], bases.expression.shape[0]
     solve_id = identity is None
-    n, m = len(targets), len(bases.weights)
-    cols = (n_id if solve_id else 0) + n * n_ex
-    s = np.array([1.0, 1.0, np.sqrt(Z_WEIGHT)])
-    # Each landmark's cost is averaged over landmarks, so priors are relative to a mean residual.
-    sw = np.sqrt(bases.weights / bases.weights.sum())[:, None]
-    rows_a, rows_b = [], []
-    fixed_id = np.zeros(n_id) if solve_id else identity
-    for j, (target, (rot, k, t)) in enumerate(zip(targets, poses)):
-        block = np.zeros((m * 3, cols))
-        rid = np.einsum("kni,ji->knj", bases.identity, rot) * s * sw         # [I, 478, 3]
-        rex = np.einsum("kni,ji->knj", bases.expression, rot) * s * sw       # [E, 478, 3]
-        off = n_id if solve_id else 0
-        if solve_id:
-            block[:, :n_id] = rid.reshape(n_id, -1).T
-        block[:, off + j * n_ex: off + (j + 1) * n_ex] = rex.reshape(n_ex, -1).T
-        base = bases.mean + np.tensordot(fixed_id, bases.identity, axes=1)
-        rhs = ((target - t) / k - base @ rot.T) * s * sw
-        rows_a.append(block)
-        rows_b.append(rhs.reshape(-1))
-    prior = np.zeros((0, cols))
-    if solve_id:
-        prior = np.sqrt(IDENTITY_PRIOR) * np.eye(n_id, cols)
-    expr_prior = np.sqrt(EXPRESSION_PRIOR) * np.eye(n * n_ex, cols, k=cols - n * n_ex)
-    pair_rows = []
-    for j in range(n):
-        base_col = cols - n * n_ex + j * n_ex
-        for a, b in bases.pairs:
-            row = np.zeros(cols)
-            row[base_col + a] = row[base_col + b] = np.sqrt(PAIR_PRIOR)
-            pair_rows.append(row)
-    a_mat = np.concatenate(rows_a + [prior, expr_prior] + ([np.stack(pair_rows)] if pair_rows else []))
-    b_vec = np.concatenate(rows_b + [np.zeros(len(prior) + len(expr_prior) + len(pair_rows))])
-    lower = np.concatenate([np.full(n_id if solve_id else 0, -IDENTITY_BOUND), np.zeros(n * n_ex)])
-    upper = np.concatenate([np.full(n_id if solve_id else 0, IDENTITY_BOUND), np.ones(n * n_ex)])
-    sol = box_least_squares(a_mat.T @ a_mat, a_mat.T @ b_vec, lower, upper)
-    ident = sol[:n_id] if solve_id else identity
+    n = len(targets)
     off = n_id if solve_id else 0
+    cols = off + n * n_ex
+    w = residual_weights(bases)
+    hessian, rhs = np.zeros((cols, cols)), np.zeros(cols)
+    fixed = bases.mean + (0.0 if solve_id else np.tensordot(identity, bases.identity, axes=1))
+    for j, (target, (rot, k, t)) in enumerate(zip(targets, poses)):
+        b = (((target - t) / k - fixed @ rot.T).reshape(-1)) * w
+        ex = slice(off + j * n_ex, off + (j + 1) * n_ex)
+        a_ex = design(bases.expression, rot, w)
+        hessian[ex, ex] += a_ex.T @ a_ex + EXPRESSION_PRIOR * np.diag(bases.expression_scale) + bases.pair_hessian
+        rhs[ex] += a_ex.T @ b
+        if solve_id:
+            a_id = design(bases.identity, rot, w)
+            hessian[:n_id, :n_id] += a_id.T @ a_id
+            cross = a_id.T @ a_ex
+            hessian[:n_id, ex] += cross
+            hessian[ex, :n_id] += cross.T
+            rhs[:n_id] += a_id.T @ b
+    if solve_id:
+        hessian[:n_id, :n_id] += identity_prior * np.eye(n_id)
+    lower = np.concatenate([np.full(off, -IDENTITY_BOUND), np.zeros(n * n_ex)])
+    upper = np.concatenate([np.full(off, IDENTITY_BOUND), np.ones(n * n_ex)])
+    sol = box_least_squares(hessian, rhs, lower, upper, start=start)
+    ident = sol[:n_id] if solve_id else identity
     return ident, [sol[off + j * n_ex: off + (j + 1) * n_ex] for j in range(n)]
 
 
@@ -234,10 +257,13 @@ def fit_landmarks(bases: LandmarkBases, landmarks_px: list[np.ndarray],
     rigid = np.full(len(bases.weights), 1e-3)
     rigid[list(RIGID_LANDMARKS)] = 1.0
     poses: list = [fit_pose(bases.points(ident, e), tgt, rigid) for tgt, e in zip(targets, expressions)]
-    for _ in range(ALTERNATIONS):
+    for step in range(ALTERNATIONS):
         poses = [fit_pose(bases.points(ident, e), tgt, bases.weights, pose)
                  for tgt, e, pose in zip(targets, expressions, poses)]
-        ident, expressions = fit_coefficients(bases, targets, poses, identity)
+        start = None if step == 0 else np.concatenate(([ident] if identity is None else []) + expressions)
+        ident, expressions = fit_coefficients(bases, targets, poses, identity, start=start)
+    if identity is None:
+        ident = refine_identity(bases, targets, poses, expressions)
     poses = [fit_pose(bases.points(ident, e), tgt, bases.weights, pose)
              for tgt, e, pose in zip(targets, expressions, poses)]
     out = []
@@ -249,8 +275,25 @@ def fit_landmarks(bases: LandmarkBases, landmarks_px: list[np.ndarray],
     return out
 
 
+def refine_identity(bases: LandmarkBases, targets: list[np.ndarray],
+                    poses: list[tuple[np.ndarray, float, np.ndarray]], expressions: list[np.ndarray],
+                    prior: float = IDENTITY_REFINE_PRIOR) -> np.ndarray:
+    """[I] identity for fixed poses and expressions, under the weak final prior (module docstring)."""
+    w = residual_weights(bases)
+    n_id = bases.identity.shape[0]
+    hessian, rhs = prior * len(targets) * np.eye(n_id), np.zeros(n_id)
+    for target, e, (rot, k, t) in zip(targets, expressions, poses):
+        a = design(bases.identity, rot, w)
+        base = bases.mean + np.tensordot(e, bases.expression, axes=1)
+        b = ((target - t) / k - base @ rot.T).reshape(-1) * w
+        hessian += a.T @ a
+        rhs += a.T @ b
+    bound = np.full(n_id, IDENTITY_BOUND)
+    return box_least_squares(hessian, rhs, -bound, bound)
+
+
 def box_least_squares(hessian: np.ndarray, rhs: np.ndarray, lower: np.ndarray, upper: np.ndarray,
-                      iterations: int = 30) -> np.ndarray:
+                      iterations: int = 30, start: np.ndarray | None = None) -> np.ndarray:
     """argmin ``x^T H x / 2 - rhs^T x`` over ``lower <= x <= upper`` (H positive definite [n, n]).
 
     A projected-Newton active-set iteration: variables at a bound whose gradient pushes them
@@ -258,7 +301,7 @@ def box_least_squares(hessian: np.ndarray, rhs: np.ndarray, lower: np.ndarray, u
     Converges in a few iterations for these well-conditioned problems (the priors make H
     diagonal-dominant); an order of magnitude faster than a general bounded solver here.
     """
-    x = np.clip(np.linalg.solve(hessian, rhs), lower, upper)
+    x = np.clip(np.linalg.solve(hessian, rhs) if start is None else start, lower, upper)
     for _ in range(iterations):
         grad = hessian @ x - rhs
         fixed = ((x <= lower) & (grad > 0)) | ((x >= upper) & (grad < 0))
