@@ -336,3 +336,21 @@ def test_cli_on_an_older_format_is_one_line_error(tmp_path, face_dir):
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "older version" in errors[0] and "new folder" in errors[0]
     assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_ict_backend_dataset_stores_full_head_params(assets, face_dir, tmp_path):
+    """The built-in full head in a dataset: its settings say so, and the stored parameters
+    reproduce the saved render (what the trainer relies on)."""
+    from hp3_core.head3d.ict import ICTHeadModel
+    inp = tmp_path / "in"
+    _hp3_group(assets, inp / "hp3")
+    summary = build_dataset(_config(inp, tmp_path / "ds", face_dir, backend="ict", size=128))
+    assert summary.images == 4
+    ds = HP3Dataset.load(tmp_path / "ds")
+    assert (ds.settings["backend"], ds.settings["render_style"]) == ("ict", "shaded_full_head_ict")
+    item = ds.items[ds.groups["hp3"][0]]
+    params = item.head_params(ds.settings["backend"], ds.settings["crop_size"], ds.settings["size"])
+    assert params.shape.shape == (1, 100) and params.expression.shape == (1, 55)
+    shaded = render_heads(params, ICTHeadModel(), "head")[0].shaded[0].numpy()
+    saved = np.asarray(Image.open(item.render_file)).astype(np.float32) / 255.0
+    assert np.abs(shaded - saved).mean() < 2.0 / 255.0

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import RENDER_STYLES
 from ..head3d.reconstructor import build_reconstructor
 from ..head_encoder.face_analysis import find_pack
 from .dedup import DEFAULT_THRESHOLD, NearDuplicates, thumbnail
@@ -159,7 +160,7 @@ def resolve_settings(config: BuildConfig, reconstructor) -> dict[str, Any]:
         "size": int(config.size),
         "backend": reconstructor.name,
         "crop_size": None,  # HeadParams.crop_size: filled in by the first item
-        "render_style": "shaded_full_head" if reconstructor.head_model.full_head else "shaded_face",
+        "render_style": RENDER_STYLES[reconstructor.name],
         "render_region": "head",
         "recognizer": files["recognizer"].name,
         "pack": pack,
