@@ -2,8 +2,8 @@
 browser, tiny models and weights.
 
 What ``make test`` installs (the ComfyUI host, Chromium) is required: its absence fails the test
-under CI (``CI=true``) and skips it with the reason elsewhere. The shared photos are optional:
-tests that need them skip with a clear message when ``../shared/assets`` is missing.
+under CI (``CI=true``) and skips it with the reason elsewhere. The photos and clips the tests
+read ship in ``tests/data`` (see NOTICE.md there), so nothing skips for want of them.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from harness.tiny_hp3 import write_tiny_hp3
 from hp3_core.comfy_server import ComfyServer, prepare_host
 
 REPO = Path(__file__).resolve().parent.parent
-ASSETS = REPO.parent / "shared" / "assets"
+ASSETS = REPO / "tests" / "data"
 ARTIFACTS = REPO / "test-artifacts"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -32,8 +32,8 @@ def require(ok: bool, reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def assets() -> Path:
-    if not ASSETS.is_dir():
-        pytest.skip(f"shared test photos not found at {ASSETS} (they live beside the repo)")
+    """The folder of test photos and clips (``faces/``, ``id_group_hp3/``), part of the repo."""
+    assert (ASSETS / "faces").is_dir(), f"test photos missing from {ASSETS} (they ship with the repo)"
     return ASSETS
 
 
