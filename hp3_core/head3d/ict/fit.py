@@ -14,10 +14,10 @@ A few alternations of two small solves, deterministic and with no learned weight
 2. **coefficients** for a fixed pose: one bounded linear least squares (normal equations, 155 unknowns per image,
    solved with bounds by :func:`box_least_squares`)
    in centimetres, with ridge priors (identity modes are unit-variance PCA modes, so
-   ``IDENTITY_PRIOR * |a|^2``; ``EXPRESSION_PRIOR * sum_k m_k e_k^2`` with m_k the root of how far shape k
-   moves the landmarks relative to the average shape), expression weights bounded to
-   [0, 1], and a penalty on the sum of contradictory pairs (smile + frown, look up + down, ...)
-   so a scream is not explained as smile 0.8 + frown 0.9.
+   ``IDENTITY_PRIOR * |a|^2``; ``EXPRESSION_PRIOR * |e|^2``), expression weights bounded to
+   [0, 1], and a penalty on the product of contradictory pairs (smile and frown, look up and
+   down, ...; linearised at the previous alternation's weights) so a scream is not explained as
+   smile 0.8 + frown 0.9, while either shape alone costs nothing extra.
 
 Identity is solved twice: with expression, under a firm prior (so an open jaw or a blink is
 explained by expression, not by a long face or narrow eyes), then alone, with the expressions
@@ -39,10 +39,13 @@ from .asset import ICTHeadAsset
 Z_WEIGHT = 0.05
 IDENTITY_PRIOR = 2e-3
 IDENTITY_REFINE_PRIOR = 5e-5
-EXPRESSION_PRIOR = 1e-2
-PAIR_PRIOR = 2e-2
+EXPRESSION_PRIOR = 3e-3
+PAIR_PRIOR = 5e-2
 OUTLINE_WEIGHT = 0.3
 EYELID_WEIGHT = 4.0
+# The face-oval points around the chin: in front of the face, not on the turning silhouette, and
+# what tells how far the jaw drops, so they keep full weight.
+CHIN_LANDMARKS = (152, 148, 176, 377, 400, 149, 378)
 LIP_WEIGHT = 2.0
 IDENTITY_BOUND = 4.0          # standard deviations
 ALTERNATIONS = 4
@@ -99,11 +102,6 @@ class LandmarkBases:
         self.weights = np.ones(len(tri))
         for indices, weight in region_weights():
             self.weights[indices] = weight
-        # Each shape's prior scales with how far it moves the (weighted) landmarks, relative to
-        # the average shape: a blink moves a dozen lid points, a jaw opening a hundred; one flat
-        # prior would let the jaw through and silence the blink.
-        energy = (self.weights[:, None] * (self.expression ** 2).sum(-1).T).sum(0) / self.weights.sum()
-        self.expression_scale = np.sqrt(energy / energy.mean())
         names = list(asset.expression_names)
         self.pairs = []
         for a, b in CONTRADICTORY:
@@ -112,9 +110,17 @@ class LandmarkBases:
                 if na in names and nb in names and (names.index(na), names.index(nb)) not in self.pairs:
                     self.pairs.append((names.index(na), names.index(nb)))
 
-        self.pair_hessian = np.zeros((len(names), len(names)))
-        for a, b in self.pairs:  # PAIR_PRIOR * (e_a + e_b)^2
-            self.pair_hessian[np.ix_([a, b], [a, b])] += PAIR_PRIOR
+        self.pair_index = np.array(self.pairs, dtype=np.int64).reshape(-1, 2)
+
+    def pair_penalty(self, previous: np.ndarray) -> np.ndarray:
+        """[E] diagonal penalty of the contradictory pairs, linearised at ``previous`` weights:
+        ``PAIR_PRIOR * e_b_prev`` on shape a and ``PAIR_PRIOR * e_a_prev`` on shape b, i.e. the
+        product ``e_a e_b`` is penalised, not either shape alone (a smile without a frown is free)."""
+        out = np.zeros(len(previous))
+        a, b = self.pair_index[:, 0], self.pair_index[:, 1]
+        np.add.at(out, a, PAIR_PRIOR * previous[b])
+        np.add.at(out, b, PAIR_PRIOR * previous[a])
+        return out
 
     def points(self, identity: np.ndarray, expression: np.ndarray) -> np.ndarray:
         """[478, 3] model landmark points (cm) for coefficients [I] and [E]."""
@@ -132,7 +138,8 @@ def region_weights() -> list[tuple[np.ndarray, float]]:
     def ids(*sets) -> np.ndarray:
         return np.array(sorted({i for s in sets for e in s for i in e}), dtype=np.int64)
 
-    return [(ids(conn.FACEMESH_FACE_OVAL), OUTLINE_WEIGHT),
+    outline = np.setdiff1d(ids(conn.FACEMESH_FACE_OVAL), CHIN_LANDMARKS)
+    return [(outline, OUTLINE_WEIGHT),
             (ids(conn.FACEMESH_LEFT_EYE, conn.FACEMESH_RIGHT_EYE), EYELID_WEIGHT),
             (ids(conn.FACEMESH_LIPS), LIP_WEIGHT)]
 
@@ -205,7 +212,7 @@ def residual_weights(bases: LandmarkBases) -> np.ndarray:
 
 def fit_coefficients(bases: LandmarkBases, targets: list[np.ndarray],
                      poses: list[tuple[np.ndarray, float, np.ndarray]],
-                     identity: np.ndarray | None = None, identity_prior: float = IDENTITY_PRIOR,
+                     identity: np.ndarray | None = None, identity_prior: float | None = None,
                      start: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """Identity (shared, unless given: then held fixed) and per-image expression for fixed poses.
 
@@ -224,7 +231,10 @@ def fit_coefficients(bases: LandmarkBases, targets: list[np.ndarray],
         b = (((target - t) / k - fixed @ rot.T).reshape(-1)) * w
         ex = slice(off + j * n_ex, off + (j + 1) * n_ex)
         a_ex = design(bases.expression, rot, w)
-        hessian[ex, ex] += a_ex.T @ a_ex + EXPRESSION_PRIOR * np.diag(bases.expression_scale) + bases.pair_hessian
+        penalty = np.full(n_ex, EXPRESSION_PRIOR)
+        if start is not None:
+            penalty = penalty + bases.pair_penalty(start[ex])
+        hessian[ex, ex] += a_ex.T @ a_ex + np.diag(penalty)
         rhs[ex] += a_ex.T @ b
         if solve_id:
             a_id = design(bases.identity, rot, w)
@@ -234,7 +244,7 @@ def fit_coefficients(bases: LandmarkBases, targets: list[np.ndarray],
             hessian[ex, :n_id] += cross.T
             rhs[:n_id] += a_id.T @ b
     if solve_id:
-        hessian[:n_id, :n_id] += identity_prior * np.eye(n_id)
+        hessian[:n_id, :n_id] += (IDENTITY_PRIOR if identity_prior is None else identity_prior) * np.eye(n_id)
     lower = np.concatenate([np.full(off, -IDENTITY_BOUND), np.zeros(n * n_ex)])
     upper = np.concatenate([np.full(off, IDENTITY_BOUND), np.ones(n * n_ex)])
     sol = box_least_squares(hessian, rhs, lower, upper, start=start)
