@@ -27,6 +27,9 @@ FAMILIES: tuple[str, ...] = ("sd15", "sdxl")
 # Human names, for messages.
 FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
 
+# Identity backends and their embedding widths (hp3_core.head_encoder.identity has the models).
+IDENTITY_DIMS = {"insightface": 512, "dlib": 128}
+
 # CLIP-vision hidden widths users may pair with HP3 (ViT-L/14, ViT-H/14, ViT-bigG/14).
 CLIP_VISION_WIDTHS = {1024: "ViT-L/14", 1280: "ViT-H/14", 1664: "ViT-bigG/14"}
 
@@ -41,8 +44,11 @@ class HeadEncoderConfig:
         num_tokens: N, the number of learnable head-token queries.
         num_layers: L, Transformer decoder layers.
         num_heads: attention heads of the decoder (``width`` must divide by it).
-        id_dim: width of the identity embedding (ArcFace: 512).
+        id_dim: width of the identity embedding (ArcFace: 512, dlib: 128).
         clip_width: width of the CLIP-vision hidden states (1024 ViT-L/14, 1280 ViT-H/14).
+        identity: the identity backend the identity embedding comes from (``insightface`` or
+            ``dlib``); their embeddings are different spaces, so weights trained with one refuse
+            the other. Files written before the field existed were all insightface.
     """
 
     width: int
@@ -51,8 +57,15 @@ class HeadEncoderConfig:
     num_heads: int = 8
     id_dim: int = 512
     clip_width: int = 1024
+    identity: str = "insightface"
 
     def validate(self) -> None:
+        if self.identity not in IDENTITY_DIMS:
+            raise HP3Error(f"HP3 config: unknown encoder identity '{self.identity}'; "
+                           f"use one of {', '.join(IDENTITY_DIMS)}")
+        if self.id_dim != IDENTITY_DIMS[self.identity]:
+            raise HP3Error(f"HP3 config: encoder id_dim {self.id_dim} is not the {self.identity} "
+                           f"embedding's width {IDENTITY_DIMS[self.identity]}")
         if self.width % self.num_heads:
             raise HP3Error(f"HP3 config: encoder width {self.width} must be a multiple of "
                            f"encoder num_heads {self.num_heads}")
@@ -212,12 +225,16 @@ class HP3Config:
 
     @classmethod
     def for_controller(cls, controller: ControllerConfig, family: str, clip_width: int = 1024,
-                       backend: str = "smirk") -> HP3Config:
+                       backend: str = "smirk", identity: str = "insightface") -> HP3Config:
         """The config around a controller that mirrors a base UNet (``init`` and ``train``):
-        head tokens as wide as its cross-attention, default decoder sizes, ``backend``'s render style."""
+        head tokens as wide as its cross-attention, default decoder sizes, ``backend``'s render
+        style, an identity projection as wide as ``identity``'s embedding (512 or 128)."""
         defaults = HeadEncoderConfig(width=controller.cross_attention_dim)
         heads = defaults.num_heads if controller.cross_attention_dim % defaults.num_heads == 0 else 1
-        encoder = HeadEncoderConfig(width=controller.cross_attention_dim, clip_width=clip_width, num_heads=heads)
+        if identity not in IDENTITY_DIMS:
+            raise HP3Error(f"unknown identity backend '{identity}'; use one of {', '.join(IDENTITY_DIMS)}")
+        encoder = HeadEncoderConfig(width=controller.cross_attention_dim, clip_width=clip_width, num_heads=heads,
+                                    id_dim=IDENTITY_DIMS[identity], identity=identity)
         return cls(family=family, encoder=encoder, controller=controller, render_backend=backend,
                    render_style=RENDER_STYLES[backend])
 

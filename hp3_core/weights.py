@@ -132,7 +132,8 @@ class HP3Weights:
             f"format version: {self.metadata.get(META_FORMAT, '?')}",
             f"tensors: {len(self.state_dict)}, parameters: {self.num_parameters():,}",
             f"head tokens: {c.encoder.num_tokens} x {c.encoder.width}, decoder layers: {c.encoder.num_layers}",
-            f"CLIP vision width: {c.encoder.clip_width}, identity width: {c.encoder.id_dim}",
+            f"CLIP vision width: {c.encoder.clip_width}, identity: {c.encoder.identity} "
+            f"({c.encoder.id_dim}-d)",
             f"controller blocks: {list(c.controller.block_out_channels)}",
             f"trained with 3D backend: {c.render_backend} ({c.render_style})",
         ]

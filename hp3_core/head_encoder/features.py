@@ -35,8 +35,9 @@ class HeadFeatures:
     """Encoder features of one person from R reference images.
 
     Attributes:
-        id_embeds: [R, 512] float32 ArcFace embeddings, L2-normalised (rows that are not unit
-            length are normalised on construction; unit rows are kept bit-exact).
+        id_embeds: [R, E] float32 identity embeddings (ArcFace E = 512, dlib E = 128; the backend
+            is in ``face_info[r]["identity"]``), L2-normalised (rows that are not unit length are
+            normalised on construction; unit rows are kept bit-exact).
         clip_hidden: [R, T, C] CLIP vision penultimate hidden states of the head crops.
         crops: [R, S, S, 3] float 0..1, the head crops (for previews).
         keypoints: R arrays [5, 2]: the face's 5 keypoints (eyes, nose, mouth corners) in crop
@@ -80,11 +81,22 @@ class HeadFeatures:
         if self.tokens is not None and self.tokens.ndim != 2:
             raise ValueError(f"tokens must be [N, D], got {list(self.tokens.shape)}")
         self.clip_width = int(self.clip_width)
+        backends = {str(info.get("identity", "insightface")) for info in self.face_info}
+        if len(backends) > 1:
+            raise HP3Error(f"cannot combine references encoded by different identity backends "
+                           f"({', '.join(sorted(backends))}); encode every reference with one face analysis")
         ids = self.id_embeds.float()
         norms = ids.norm(dim=-1, keepdim=True)
         if not torch.all((norms - 1).abs() < 1e-4):
             ids = ids / norms.clamp_min(1e-12)
         self.id_embeds = ids
+
+    @property
+    def identity(self) -> str:
+        """The identity backend of ``id_embeds`` (``insightface`` or ``dlib``; features saved before
+        it was recorded are insightface's). Mixed backends are refused on construction."""
+        found = {str(info.get("identity", "insightface")) for info in self.face_info}
+        return found.pop() if found else "insightface"
 
     @property
     def num_refs(self) -> int:

@@ -102,7 +102,7 @@ class HeadTokenDecoder(nn.Module):
         """Head tokens.
 
         Args:
-            id_embeds: [B, R, id_dim] ArcFace embeddings (L2-normalised).
+            id_embeds: [B, R, id_dim] identity embeddings (L2-normalised; ArcFace 512, dlib 128).
             clip_hidden: [B, R, T, clip_width] CLIP vision penultimate hidden states.
             ref_mask: [B, R] bool, True for real references; None = all real.
 
@@ -121,7 +121,8 @@ class HeadTokenDecoder(nn.Module):
                              f"{list(clip_hidden.shape)}, got {list(id_embeds.shape)}")
         if id_embeds.shape[-1] != cfg.id_dim:
             raise HP3Error(f"the identity embedding is {id_embeds.shape[-1]}-d but these HP3 weights "
-                           f"expect {cfg.id_dim}-d (ArcFace); use an ArcFace recognition model")
+                           f"expect {cfg.id_dim}-d ({cfg.identity}); load face analysis with identity "
+                           f"'{cfg.identity}'")
         p = self.queries
         id_embeds = id_embeds.to(device=p.device, dtype=p.dtype)
         clip_hidden = clip_hidden.to(device=p.device, dtype=p.dtype)
@@ -144,4 +145,6 @@ class HeadTokenDecoder(nn.Module):
     def tokens_for(self, features) -> torch.Tensor:
         """[N, D] head tokens of one person's :class:`~hp3_core.head_encoder.features.HeadFeatures`."""
         check_clip_width(features.clip_width, self.config.clip_width)
+        from .identity import check_identity_backend
+        check_identity_backend(features.identity, self.config.identity)
         return self(features.id_embeds.unsqueeze(0), features.clip_hidden.unsqueeze(0))[0]
