@@ -229,3 +229,30 @@ def test_build_head_asset_command_validates_its_options(tmp_path):
                           "--out", str(tmp_path / "a.npz")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "generic_neutral_mesh.obj" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bench_head3d_reports_the_fit_quality(assets, tmp_path):
+    """`bench head3d` on real photos: its machine-readable lines, and the fit quality it measures
+    (a regression check on accuracy, not speed: the goals are median < 1.5% IOD, IoU > 0.95)."""
+    import shutil
+    import subprocess
+    import sys
+    for name in ("source_s42.jpg", "source_s9.jpg", "driving_d19.jpg", "driving_d8.jpg", "source_s39.jpg"):
+        shutil.copyfile(assets / "faces" / name, tmp_path / name)
+    out = subprocess.run([sys.executable, "-m", "hp3_core", "bench", "head3d", "--photos", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[-2].startswith("ict_landmark_nme: ") and lines[-1].startswith("ict_face_iou: ")
+    nme, iou = float(lines[-2].split()[1]), float(lines[-1].split()[1])
+    assert nme < 0.018 and iou > 0.95, (nme, iou)
+    assert "on 4 photos" in lines[0], "the cat has no face and is skipped"
+
+
+def test_a_dog_does_not_crash_the_fit(assets, reconstructor):
+    """MediaPipe 'finds' faces on some dogs: the fit must still return finite parameters."""
+    from PIL import Image
+    dog = np.array(Image.open(assets / "faces" / "source_s25.jpg").convert("RGB"))
+    params = reconstruct(reconstructor, [dog]).params
+    assert all(torch.isfinite(getattr(params, k)).all() for k in params.TENSORS)
+    assert float(params.expression.min()) >= 0.0 and float(params.expression.max()) <= 1.0
