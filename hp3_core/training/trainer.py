@@ -170,11 +170,17 @@ class Trainer:
         self.unet, self.vae = pipe.unet, pipe.vae
         self.text_encoders = [m for m in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
         self.clip = models.load_clip_vision(cfg.clip_vision, self.device, weight_dtype)
-        self.arcface = None
+        if self.dataset.identity != cfg.identity:
+            raise ConfigError(f"training config '{cfg.source}': field 'identity' is {cfg.identity!r} but the "
+                              f"dataset {self.dataset.root} was built with {self.dataset.identity!r} embeddings; "
+                              f"set identity: {self.dataset.identity} (or rebuild the dataset with --identity "
+                              f"{cfg.identity})")
+        self.arcface = None  # the identity loss's recogniser (ArcFace or dlib), when the loss is on
         if cfg.id_loss_weight > 0:
-            self.arcface = models.load_arcface(cfg.arcface, cfg.arcface_pack, self.device, weight_dtype)
+            self.arcface = models.load_identity_recognizer(cfg.identity, cfg.arcface, cfg.arcface_pack,
+                                                           self.device, weight_dtype)
         self.hp3 = models.build_hp3_model(self.unet, self.family, self.clip.width, self.dataset.settings,
-                                          cfg.init_weights, cfg.id_loss_weight)
+                                          cfg.init_weights, cfg.id_loss_weight, cfg.identity)
         models.freeze(self.unet, self.vae, *self.text_encoders)
         # The SD VAEs overflow in fp16 (diffusers' force_upcast); they stay float32 then.
         vae_dtype = torch.float32 if (weight_dtype == torch.float16 and self.vae.config.force_upcast) else weight_dtype
