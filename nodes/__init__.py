@@ -5,6 +5,7 @@ Node type names (the keys below) are stored in users' workflows: never rename on
 """
 from . import model_folders
 from .head3d_nodes import HP3HeadRetarget, HP3ReconstructorLoader
+from .head_crop_nodes import HP3HeadCrop
 from .head_encoder_nodes import HP3FaceAnalysisLoader, HP3HeadEncode
 from .hp3_model_nodes import HP3ModelInfo, HP3ModelLoader
 from .hp3_nodes import HP3Apply, HP3ApplyConnector, HP3HeadController
@@ -21,6 +22,7 @@ NODE_CLASS_MAPPINGS = {
     "HP3HeadController": HP3HeadController,
     "HP3ApplyConnector": HP3ApplyConnector,
     "HP3Apply": HP3Apply,
+    "HP3HeadCrop": HP3HeadCrop,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -33,4 +35,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "HP3HeadController": "HP3 Head Controller",
     "HP3ApplyConnector": "HP3 Adaptive Connector",
     "HP3Apply": "Apply HP3 (all-in-one)",
+    "HP3HeadCrop": "HP3 Head Crop",
 }

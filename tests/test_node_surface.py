@@ -18,6 +18,7 @@ STABLE_NODE_TYPES = {
     "HP3HeadController",
     "HP3ApplyConnector",
     "HP3Apply",
+    "HP3HeadCrop",
 }
 
 
