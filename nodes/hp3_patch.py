@@ -26,9 +26,12 @@ One HP3 per MODEL, composed with other packs (see NODES.md, "HP3 beside other pa
   output-block patch notices at sample time (HP3's wrapper did not run) and logs a warning.
 
 Patch objects share the HP3 weights: ``copy.deepcopy`` (what ``ModelPatcher.clone`` does to
-``model_options`` on 2024/2025 hosts) returns the same object, ``.to(device)`` moves the shared
-HP3 model, ``.to(dtype)`` keeps the weights' own dtype (the core casts at its boundaries), and
-``.models()`` is empty (the HP3 model is not a ModelPatcher the host should load).
+``model_options`` on 2024/2025 hosts) returns the same object. The HP3 model is under the host's
+memory management like a ControlNet (:mod:`.hp3_memory`): the wrapper holds a ``ModelPatcher`` of
+it, in the UNet's compute dtype (fp16/bf16 copy, or the float32 model itself), reports it from
+``.models()`` (the 2025 host loads, counts and offloads it with the UNet) and loads it itself on
+the 2024 host. ``.to(device)`` / ``.to(dtype)`` leave it to the host (the core casts inputs at its
+boundaries).
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ from ..hp3_core.connector import ModulatedGroupNorm
 from ..hp3_core.errors import HP3Error
 from ..hp3_core.hint import center_resize, conditions_for_rows, hint_frames
 from ..hp3_core.weights import check_family
+from .hp3_memory import compute_dtype, ensure_loaded, host_loads_patch_models, hp3_patcher, model_device
 from .model_family import model_family
 
 log = logging.getLogger(__name__)
@@ -294,32 +298,51 @@ class HP3UNetWrapper(_SharedPatch):
         model_sampling: the MODEL's model sampling (sigma <-> timestep, input scaling).
         inner: a wrapper the MODEL already had; it is called inside this one (chained).
         install: the :class:`HP3Install` this wrapper belongs to (None: always acts).
+        patcher: the host ModelPatcher of the HP3 model in the UNet's compute dtype
+            (:func:`.hp3_memory.hp3_patcher`); None: the float32 model, moved by hand.
     """
 
     def __init__(self, conditions: HP3Conditions, model_sampling: Any, inner: Any = None,
-                 install: HP3Install | None = None) -> None:
+                 install: HP3Install | None = None, patcher: Any = None) -> None:
         self.conditions = conditions
         self.model_sampling = model_sampling
         self.inner = inner
         self.install = install
+        self.patcher = patcher
         self.sigma_start = float(model_sampling.percent_to_sigma(conditions.start_percent))
         self.sigma_end = float(model_sampling.percent_to_sigma(conditions.end_percent))
         self._hints: dict[tuple, torch.Tensor] = {}  # resized renders by latent size and device
 
     # -- host protocol -----------------------------------------------------------------------
     def to(self, device_or_dtype=None, *args, **kwargs) -> HP3UNetWrapper:
-        if device_or_dtype is not None and not isinstance(device_or_dtype, torch.dtype):
+        # The HP3 model's device is the host's business (its patcher); without one, move by hand.
+        if self.patcher is None and device_or_dtype is not None and not isinstance(device_or_dtype, torch.dtype):
             _to_device(self.conditions.model, torch.device(device_or_dtype))
         inner = self.inner
         if inner is not None and hasattr(inner, "to"):
             moved = inner.to(device_or_dtype, *args, **kwargs)
             if moved is not inner:  # never mutate an installed patch: a new wrapper, same weights
-                return HP3UNetWrapper(self.conditions, self.model_sampling, moved, self.install)
+                return HP3UNetWrapper(self.conditions, self.model_sampling, moved, self.install, self.patcher)
         return self
 
     def models(self) -> list:
+        """The HP3 model's ModelPatcher (the host loads and counts it) and what the chained wrapper reports."""
         inner = self.inner
-        return list(inner.models()) if inner is not None and hasattr(inner, "models") else []
+        own = [self.patcher] if self.patcher is not None else []
+        return own + (list(inner.models()) if inner is not None and hasattr(inner, "models") else [])
+
+    def running_model(self, device: torch.device) -> Any:
+        """The HP3 model to run this call with, on ``device`` (loaded through the host when it can)."""
+        if self.patcher is None:
+            model = self.conditions.model
+        else:
+            if not host_loads_patch_models():
+                ensure_loaded(self.patcher)  # 2024 host: it does not read .models()
+            model = self.patcher.model
+        if model_device(model) != torch.device(device):
+            # Called outside the host's sampling (or the host left it elsewhere): move by hand.
+            _to_device(model, device)
+        return model
 
     # -- the model call ----------------------------------------------------------------------
     def __call__(self, apply_model, args: dict):
@@ -356,8 +379,7 @@ class HP3UNetWrapper(_SharedPatch):
         rows = self.hp3_rows(batch, cond_or_uncond)
         if not rows:
             return None
-        model = cond.model
-        _to_device(model, x.device)
+        model = self.running_model(x.device)
         idx = torch.tensor(rows, device=x.device, dtype=torch.long)
         per = batch // max(1, len(cond_or_uncond))
         ms = self.model_sampling
@@ -468,7 +490,8 @@ def apply_hp3(model_patcher: Any, conditions: HP3Conditions | None) -> Any:
                     earlier.describe(), install.describe())
     inner = _without_hp3(m)
     model_sampling = m.object_patches.get("model_sampling", m.model.model_sampling)
-    m.set_model_unet_function_wrapper(HP3UNetWrapper(conditions, model_sampling, inner, install))
+    patcher = hp3_patcher(model, compute_dtype(m), m.load_device, m.offload_device)
+    m.set_model_unet_function_wrapper(HP3UNetWrapper(conditions, model_sampling, inner, install, patcher))
     m.set_model_output_block_patch(HP3OutputPatch(install))
     m.model_options["transformer_options"][HP3_KEY] = install
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.tiny_hp3 import write_tiny_hp3
-from hp3_core.comfy_server import ComfyServer, prepare_host
+from hp3_core.comfy_server import ComfyServer
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / "tests" / "data"
@@ -37,20 +37,48 @@ def assets() -> Path:
     return ASSETS
 
 
+def pytest_addoption(parser) -> None:
+    from harness.hosts import DEFAULT_HOST, HOST_NAMES
+    parser.addoption("--host", default=DEFAULT_HOST, choices=HOST_NAMES,
+                     help="the ComfyUI host of the host-dependent tests (one per pytest run: both "
+                          "hosts cannot be imported in one process); make test runs both")
+
+
+def pytest_generate_tests(metafunc) -> None:
+    # Every test that reaches a host gets its name in the id, e.g. test_x[comfy2025].
+    if "comfy_host_name" in metafunc.fixturenames:
+        name = metafunc.config.getoption("--host")
+        metafunc.parametrize("comfy_host_name", [name], ids=[name], scope="session")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    # A run on another host than the default repeats only the tests that reach a host: the
+    # host-independent ones already ran in the default run (make test runs both).
+    from harness.hosts import DEFAULT_HOST
+    if config.getoption("--host") == DEFAULT_HOST:
+        return
+    other = [i for i in items if "comfy_host_name" not in getattr(i, "fixturenames", ())]
+    if other:
+        config.hook.pytest_deselected(items=other)
+        items[:] = [i for i in items if "comfy_host_name" in getattr(i, "fixturenames", ())]
+
+
 @pytest.fixture(scope="session")
-def comfy_host_dir(tmp_path_factory) -> Path:
+def comfy_host_dir(comfy_host_name, tmp_path_factory) -> Path:
+    """A runnable ComfyUI (the --host one) in a temporary folder, the pack in custom_nodes."""
+    from harness.hosts import prepare
     from hp3_core.comfy_server import ComfyServerError
     try:
-        return prepare_host(tmp_path_factory.mktemp("host") / "ComfyUI")
+        return prepare(comfy_host_name, tmp_path_factory.mktemp("host") / "ComfyUI")
     except ComfyServerError as err:
         require(False, str(err))
 
 
 @pytest.fixture(scope="session")
-def comfy(comfy_host_dir):
-    """The 2024 ComfyUI imported in-process (CPU) with the pack loaded: a ComfyHost."""
+def comfy(comfy_host_dir, comfy_host_name):
+    """The --host ComfyUI imported in-process (CPU) with the pack loaded: a ComfyHost."""
     from harness.comfy_inprocess import load_host
-    return load_host(comfy_host_dir)
+    return load_host(comfy_host_dir, comfy_host_name)
 
 
 @pytest.fixture
@@ -96,7 +124,7 @@ def start_server(host_dir: Path, tmp: Path, yaml_path: Path | None = None) -> Co
 
 @pytest.fixture(scope="session")
 def comfy_server(comfy_host_dir, server_models, tmp_path_factory):
-    """The 2024 ComfyUI server on a free 127.0.0.1 port with the pack in custom_nodes."""
+    """The --host ComfyUI server on a free 127.0.0.1 port with the pack in custom_nodes."""
     server = start_server(comfy_host_dir, tmp_path_factory.mktemp("server"), server_models["yaml"])
     try:
         yield server

@@ -226,7 +226,11 @@ def test_patch_objects_follow_the_host_protocol(comfy, tiny_model, patch_mod, tr
     (out_patch,) = patched.model_options["transformer_options"]["patches"]["output_block_patch"]
     for p in (wrapper, out_patch):
         assert p.to(torch.device("cpu")) is p and p.to(torch.float16) is p and p.to(None) is p
-        assert p.models() == []
+    (patcher,) = wrapper.models()  # the HP3 model under the host's memory management
+    assert patcher.model is trained_hp3 and out_patch.models() == []
+    assert type(patcher).__name__ == "ModelPatcher"
+    if hasattr(patched, "model_patches_models"):  # the 2025 host finds the models to load there
+        assert patcher in patched.model_patches_models()
     assert trained_hp3.connector.blocks[0].inject.weight.dtype == torch.float32, "dtype kept"
     patched.model_patches_to(torch.device("cpu"))
     patched.model_patches_to(patched.model_dtype())

@@ -95,7 +95,7 @@ def test_per_frame_nodes_report_progress_and_stop_on_cancel(comfy, monkeypatch):
     progress = comfy.pack_module("nodes.progress")
     mm = comfy.module("comfy.model_management")
     updates = []
-    monkeypatch.setattr(comfy.module("comfy.utils"), "PROGRESS_BAR_HOOK", lambda value, total, preview: updates.append((value, total)))
+    monkeypatch.setattr(comfy.module("comfy.utils"), "PROGRESS_BAR_HOOK", lambda value, total, preview, **kw: updates.append((value, total)))
     on_frame = progress.frame_callback(3)
     on_frame(0)
     on_frame(1)

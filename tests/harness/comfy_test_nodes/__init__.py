@@ -51,10 +51,24 @@ def _harness_module():
     return _harness_file_module("comfy_inprocess")
 
 
+def _pack_module_name() -> str | None:
+    """The name the host registered the HP3 pack under: ``ComfyUI-HP3`` on the 2024 host, its
+    full path on the 2025 host (found by the pack's ``__init__.py`` beside ``hp3_core/``)."""
+    if "ComfyUI-HP3" in sys.modules:
+        return "ComfyUI-HP3"
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None) or ""
+        if file.endswith("__init__.py") and (Path(file).parent / "hp3_core").is_dir() \
+                and hasattr(module, "NODE_CLASS_MAPPINGS") and "HP3Apply" in module.NODE_CLASS_MAPPINGS:
+            return name
+    return None
+
+
 def _head_features_class():
     """HeadFeatures from the pack as the server loaded it (else from the installed hp3_core)."""
-    if "ComfyUI-HP3" in sys.modules:
-        return importlib.import_module("ComfyUI-HP3.hp3_core.head_encoder.features").HeadFeatures
+    pack = _pack_module_name()
+    if pack is not None:
+        return importlib.import_module(f"{pack}.hp3_core.head_encoder.features").HeadFeatures
     return importlib.import_module("hp3_core.head_encoder.features").HeadFeatures
 
 
@@ -168,11 +182,19 @@ class TinyTextEncoder:
     def tokenize(self, text: str, return_word_ids: bool = False) -> str:
         return text
 
-    def encode_from_tokens(self, tokens: str, return_pooled: bool = False):
+    def encode_from_tokens(self, tokens: str, return_pooled: bool = False, return_dict: bool = False):
         gen = torch.Generator().manual_seed(zlib.crc32(str(tokens).encode()))
         cond = torch.randn(1, 8, self.width, generator=gen)
         pooled = torch.randn(1, self.pooled_width, generator=gen)
+        if return_dict:
+            return {"cond": cond, "pooled_output": pooled}
         return (cond, pooled) if return_pooled else cond
+
+    def encode_from_tokens_scheduled(self, tokens: str, unprojected: bool = False, add_dict: dict | None = None,
+                                     show_pbar: bool = True) -> list:
+        """The 2025 host's CLIPTextEncode calls this: a CONDITIONING list [[cond, {pooled_output}]]."""
+        cond, pooled = self.encode_from_tokens(tokens, return_pooled=True)
+        return [[cond, {"pooled_output": pooled, **(add_dict or {})}]]
 
 
 class TinyVAE:
