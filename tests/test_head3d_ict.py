@@ -256,3 +256,22 @@ def test_a_dog_does_not_crash_the_fit(assets, reconstructor):
     params = reconstruct(reconstructor, [dog]).params
     assert all(torch.isfinite(getattr(params, k)).all() for k in params.TENSORS)
     assert float(params.expression.min()) >= 0.0 and float(params.expression.max()) <= 1.0
+
+
+def test_several_photos_of_one_person_share_one_identity(assets, reconstructor):
+    """Pooled fit: one identity for the four frames of the HP3 example ID group, each frame with
+    its own pose and expression, and the shared identity fits every frame nearly as well as each
+    frame's own identity does."""
+    from hp3_core.head3d.face_landmarks import shared_landmarker
+    from hp3_core.head3d.ict.fit import fit_landmarks
+    from hp3_core.image_io import load_image
+    frames = [load_image(p) for p in sorted((assets / "id_group_hp3").glob("frame_*.png"))]
+    faces = [shared_landmarker().detect(f)[0] for f in frames]
+    pooled = reconstructor.pooled(faces, [f.shape[:2] for f in frames])
+    assert len(pooled) == 4 and all(torch.equal(pooled.shape[0], pooled.shape[i]) for i in range(4))
+    assert not torch.equal(pooled.expression[0], pooled.expression[1])
+    own = [fit_landmarks(reconstructor.bases, [f.points])[0] for f in faces]
+    shared = fit_landmarks(reconstructor.bases, [f.points for f in faces])
+    assert np.allclose(shared[0].identity, pooled.shape[0].numpy(), atol=1e-5)
+    for one, many in zip(own, shared):
+        assert many.rms_px < 1.5 * one.rms_px + 0.5, (one.rms_px, many.rms_px)
