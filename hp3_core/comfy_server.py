@@ -113,7 +113,9 @@ class ComfyServer:
         self.client_id = uuid.uuid4().hex
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self, timeout: float = 120.0) -> ComfyServer:
+    def start(self, timeout: float = 300.0) -> ComfyServer:
+        # 300 s: the 2025 host (database migration, frontend package) takes a minute on a busy
+        # 2-core machine; a server that dies is noticed at once (poll) whatever the timeout.
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -1,4 +1,4 @@
-"""Every workflow in workflows/ loads in the 2024 web UI in headless Chromium."""
+"""Every workflow in example_workflows/ loads in the web UI (each --host) in headless Chromium."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import pytest
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
 REPO = Path(__file__).resolve().parent.parent
-WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 
 
@@ -73,3 +73,34 @@ def test_workflow_overview_screenshot(browser, comfy_server, path):
     finally:
         page.close()
     assert 0 < scale <= 1 and shot.stat().st_size > 10_000
+
+
+# Load hp3_model_info.json, pick the tiny HP3 file in its loader and queue it, as a user does.
+_RUN_MODEL_INFO_JS = """
+async ([wf, name]) => {
+  await app.loadGraphData(wf);
+  const loader = app.graph._nodes.find(n => n.type === "HP3ModelLoader");
+  loader.widgets.find(w => w.name === "hp3_name").value = name;
+  await app.queuePrompt(0, 1);
+}
+"""
+_REPORT_TEXT_JS = "() => [...document.querySelectorAll('textarea.hp3-report')].map(t => t.value).join('\\n')"
+
+
+def test_model_info_text_is_shown_on_the_node_after_a_run(browser, comfy_server):
+    """web/hp3_text.js: HP3 Model Info's text appears on the node (read off the page)."""
+    wf = json.loads((REPO / "example_workflows" / "hp3_model_info.json").read_text())
+    page = browser.new_page()
+    try:
+        page.goto(comfy_server.url, wait_until="load", timeout=60_000)
+        page.wait_for_function("() => window.app && window.app.graph && "
+                               "Object.keys(LiteGraph.registered_node_types).length > 50", timeout=60_000)
+        page.evaluate(_RUN_MODEL_INFO_JS, [wf, "tiny_sd15.safetensors"])
+        page.wait_for_function(f"() => ({_REPORT_TEXT_JS})().includes('base family')", timeout=180_000)
+        text = page.evaluate(_REPORT_TEXT_JS)
+        on_node = page.evaluate("() => app.graph._nodes.find(n => n.type === 'HP3ModelInfo')"
+                                ".widgets.find(w => w.name === 'hp3_report').value")
+        page.screenshot(path=str(SCREENSHOTS / "hp3_model_info_text.png"))
+    finally:
+        page.close()
+    assert "base family: SD1.5 (sd15)" in text and text == on_node

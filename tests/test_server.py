@@ -28,7 +28,7 @@ def test_object_info_lists_the_pack_without_import_failure(comfy_server):
 
 
 def _info_graph(comfy_server, name):
-    wf = json.loads((REPO / "workflows" / "hp3_model_info.json").read_text())
+    wf = json.loads((REPO / "example_workflows" / "hp3_model_info.json").read_text())
     api = ui_to_api(wf, comfy_server.object_info())
     loader = next(k for k, v in api.items() if v["class_type"] == "HP3ModelLoader")
     api[loader]["inputs"]["hp3_name"] = name
@@ -65,7 +65,7 @@ def test_demo_check_starts_the_host_with_the_pack(tmp_path):
 
 
 def test_retarget_workflow_writes_the_four_maps(comfy_server):
-    wf = json.loads((REPO / "workflows" / "hp3_retarget.json").read_text())
+    wf = json.loads((REPO / "example_workflows" / "hp3_retarget.json").read_text())
     entry = comfy_server.run(ui_to_api(wf, comfy_server.object_info()))
     images = [i for o in entry["outputs"].values() for i in o.get("images", []) if i["type"] == "output"]
     prefixes = sorted(i["filename"].split("_")[0] for i in images)

@@ -1,6 +1,5 @@
-"""The example workflow files: UI format 0.4, a note per workflow, and example_workflows/ mirroring
-workflows/ byte for byte (current ComfyUI lists example_workflows/ as templates; workflows/ is the
-source of truth: after editing one, copy it with `cp workflows/*.json example_workflows/`)."""
+"""The example workflow files (example_workflows/, the one template folder current ComfyUI reads):
+UI format 0.4, a note per workflow, a thumbnail per template, no second copy the host would list."""
 from __future__ import annotations
 
 import json
@@ -9,20 +8,32 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
 # Loaders of model files -> the models folder a workflow's note must name.
 FILE_LOADERS = {"CheckpointLoaderSimple": "models/checkpoints", "ControlNetLoader": "models/controlnet",
                 "UpscaleModelLoader": "models/upscale_models", "CLIPVisionLoader": "models/clip_vision",
                 "HP3ModelLoader": "models/hp3", "HP3FaceAnalysisLoader": "models/insightface"}
+# Every folder name the 2025 host reads templates from (app/custom_node_manager.py).
+TEMPLATE_FOLDERS = ("example_workflows", "example", "examples", "workflow", "workflows")
 
 
-def test_example_workflows_mirror_workflows_byte_for_byte():
-    mirror = REPO / "example_workflows"
-    assert sorted(p.name for p in mirror.glob("*.json")) == [p.name for p in WORKFLOWS]
+def test_workflows_live_in_one_template_folder():
+    """The 2025 host lists the JSON files of all these folders: a second copy would list each
+    template twice. workflows/ keeps only the sample inputs."""
+    assert WORKFLOWS
+    for folder in TEMPLATE_FOLDERS[1:]:
+        assert not list((REPO / folder).glob("*.json")), f"{folder}/ holds workflows: keep them in example_workflows/"
+
+
+def test_every_template_has_a_jpeg_thumbnail():
+    """The Templates dialog shows <name>.jpg beside each template (made from the test screenshots)."""
+    from PIL import Image
     for path in WORKFLOWS:
-        assert (mirror / path.name).read_bytes() == path.read_bytes(), (
-            f"example_workflows/{path.name} differs from workflows/{path.name}: "
-            f"cp workflows/*.json example_workflows/")
+        thumb = path.with_suffix(".jpg")
+        assert thumb.is_file(), f"{thumb.name} is missing (python tests/harness/thumbnails.py)"
+        with Image.open(thumb) as image:
+            assert image.format == "JPEG" and image.width >= 256 and image.height >= 160, thumb.name
+            assert len(set(image.convert("L").resize((32, 20)).getdata())) > 8, f"{thumb.name} is blank"
 
 
 def test_the_new_workflows_exist():
@@ -49,7 +60,7 @@ def _feeds(wf: dict, dst_type: str, dst_input: str) -> tuple[str, str]:
 
 
 def test_retarget_controlnet_feeds_the_3d_depth_map_to_a_core_depth_controlnet():
-    wf = json.loads((REPO / "workflows" / "hp3_retarget_controlnet.json").read_text())
+    wf = json.loads((REPO / "example_workflows" / "hp3_retarget_controlnet.json").read_text())
     types = [n["type"] for n in wf["nodes"]]
     assert not {"HP3ModelLoader", "HP3Apply", "HP3HeadEncode"} & set(types), "works without HP3 weights"
     assert _feeds(wf, "ControlNetApplyAdvanced", "image") == ("HP3HeadRetarget", "depth")
@@ -69,7 +80,7 @@ def test_retarget_controlnet_feeds_the_3d_depth_map_to_a_core_depth_controlnet()
 def test_retarget_demo_is_the_plain_retarget():
     """hp3_retarget.json (what `make demo` runs) needs no model file and points to the ControlNet
     variant."""
-    wf = json.loads((REPO / "workflows" / "hp3_retarget.json").read_text())
+    wf = json.loads((REPO / "example_workflows" / "hp3_retarget.json").read_text())
     assert not set(FILE_LOADERS) & {n["type"] for n in wf["nodes"]}
     assert wf["groups"] == []
     (note,) = [n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "Note"]

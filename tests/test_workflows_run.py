@@ -1,4 +1,4 @@
-"""Every example workflow in workflows/ runs on the 2024 ComfyUI server through /prompt.
+"""Every example workflow in example_workflows/ runs on the ComfyUI server (each --host) through /prompt.
 
 Each file is converted to the API format with :func:`hp3_core.comfy_workflow.ui_to_api` and the
 server's ``/object_info``, exactly as a user's "Queue Prompt" would send it. The core loaders of
@@ -27,7 +27,7 @@ from harness.tiny_onnx import write_tiny_pack
 from hp3_core.comfy_workflow import ui_to_api
 
 pytestmark = pytest.mark.server
-WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
 TEST_NODES = REPO / "tests" / "harness" / "comfy_test_nodes"
 SAVE_NODES = {"SaveImage", "SaveAnimatedWEBP", "SaveAnimatedPNG"}
 TINY_SIZE = 64
@@ -145,7 +145,7 @@ def test_video_batch_frames_follow_their_driving_frame(wf_server):
     """hp3_video_batch.json samples one latent per driving frame from the same noise; HP3 gives
     each row its own frame's render, so the rows differ (the tiny HP3 changes are small)."""
     from safetensors.torch import load_file
-    prompt = tiny_prompt(json.loads((REPO / "workflows" / "hp3_video_batch.json").read_text()), wf_server.info)
+    prompt = tiny_prompt(json.loads((REPO / "example_workflows" / "hp3_video_batch.json").read_text()), wf_server.info)
     (sampler,) = [k for k, n in prompt.items() if n["class_type"] == "KSampler"]
     prompt["900"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0], "filename_prefix": "video_rows"}}
     entry = wf_server.server.run(prompt, timeout=300)
@@ -171,7 +171,7 @@ def test_retarget_controlnet_sample_follows_the_depth_map(wf_server):
     (no HP3 weights anywhere): strength 0 gives the plain checkpoint's latent, the shipped strength
     another one, and another driving image (another depth map) a third."""
     from safetensors.torch import load_file
-    wf = json.loads((REPO / "workflows" / "hp3_retarget_controlnet.json").read_text())
+    wf = json.loads((REPO / "example_workflows" / "hp3_retarget_controlnet.json").read_text())
     prompt = tiny_prompt(wf, wf_server.info)
     assert not {"HP3ModelLoader", "HP3Apply"} & {n["class_type"] for n in prompt.values()}
     (sampler,) = [k for k, n in prompt.items() if n["class_type"] == "KSampler"]
@@ -200,7 +200,7 @@ def test_retarget_controlnet_sample_follows_the_depth_map(wf_server):
 def test_the_same_seed_gives_every_frame_the_same_noise():
     """hp3_video_batch.json: the frames share the seed and, through Batch Seed Behavior 'fixed',
     the starting noise (they differ by pose and expression only)."""
-    wf = json.loads((REPO / "workflows" / "hp3_video_batch.json").read_text())
+    wf = json.loads((REPO / "example_workflows" / "hp3_video_batch.json").read_text())
     by_type = {n["type"]: n for n in wf["nodes"]}
     assert by_type["LatentBatchSeedBehavior"]["widgets_values"] == ["fixed"]
     assert by_type["KSampler"]["widgets_values"][1] == "fixed"

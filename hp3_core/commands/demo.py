@@ -1,7 +1,7 @@
 """``demo``: the main job on offline defaults, on the bundled 2024 ComfyUI.
 
 Starts ComfyUI (carried by the dev venv, ``make venv``) on 127.0.0.1 with this pack loaded, runs
-the example workflow ``workflows/hp3_retarget.json`` on the two bundled sample images (the source
+the example workflow ``example_workflows/hp3_retarget.json`` on the two bundled sample images (the source
 keeps her head; the driver gives pose and expression) and writes the four condition maps. Then it
 keeps ComfyUI running for you to open, unless ``--no-serve``. It never downloads anything: with
 no SMIRK/FLAME files the 3D backend is the built-in MediaPipe one.
@@ -23,7 +23,7 @@ NAME = "demo"
 HELP = "run the 3D retarget workflow on sample images in ComfyUI (bundled 2024 host, 127.0.0.1), then serve it"
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 8188
-WORKFLOW = PACK_DIR / "workflows" / "hp3_retarget.json"
+WORKFLOW = PACK_DIR / "example_workflows" / "hp3_retarget.json"
 SAMPLE_INPUTS = PACK_DIR / "workflows" / "inputs"
 # Model folders the pack uses, created empty in the demo host so users see where files go.
 MODEL_FOLDERS = ("checkpoints", "clip_vision", "controlnet", "hp3", "insightface", "smirk", "flame")
