@@ -4,6 +4,7 @@ CLIP models."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,9 @@ from hp3_core.evaluation.protocol import Sample
 from hp3_core.image_io import load_image
 
 FACE_COLUMNS = ("face_sim", "head_sim")
+# {"face_sim_2"} when dlib's public-domain recogniser (the second recognizer beside one insightface
+# pack) is installed, as make test does; else empty.
+DLIB = {"face_sim_2"} if importlib.util.find_spec("dlib") and importlib.util.find_spec("face_recognition_models") else set()
 POSE = ("yaw_err", "pitch_err", "roll_err", "pose_err", "expr_rmse")
 
 
@@ -65,7 +69,11 @@ def test_an_image_against_itself(scorer, photos):
     assert values["head_sim"] == pytest.approx(1.0, abs=1e-5)
     for col in POSE:
         assert values[col] == pytest.approx(0.0, abs=1e-4), col
-    assert set(scorer.notes) == {"face_sim_2"}, scorer.notes  # every metric but the second recognizer
+    # Every metric; the second recognizer is dlib's (installed by make test), else skipped.
+    assert set(scorer.notes) == ({"face_sim_2"} - DLIB), scorer.notes
+    if DLIB:
+        assert scorer.labels["face_sim_2"].startswith("dlib ") and "public domain" in scorer.labels["face_sim_2"]
+        assert values["face_sim_2"] == pytest.approx(1.0, abs=1e-5)
     other, _ = score(scorer, photos["source_s42"], im, "d19", im, identity="s42")
     assert other["face_sim"] < 0.999 and other["head_sim"] < 0.999
 
@@ -120,13 +128,14 @@ def test_missing_clip_skips_head_and_clip_score_only(models, photos, tmp_path):
     missing = tmp_path / "no_clip_here"
     s = Scorer(EvaluationSettings(models_dir=[str(models / "insightface")], detection="mediapipe",
                                   backend="mediapipe", clip=str(missing)))
-    assert set(s.notes) == {"head_sim", "clip_score", "face_sim_2"}
+    assert set(s.notes) == {"head_sim", "clip_score", "face_sim_2"} - DLIB
     assert str(missing.name) in s.notes["head_sim"] and str(tmp_path) in s.notes["head_sim"]
     assert str(missing) in s.notes["clip_score"] or str(missing.name) in s.notes["clip_score"]
     values, failures = score(s, photos["source_s42"], photos["driving_d9"], "d9", photos["driving_d9"], "s42")
     assert failures == [] and "head_sim" not in values and "clip_score" not in values
     assert 0 < values["face_sim"] < 1 and values["pose_err"] == pytest.approx(0.0, abs=1e-4)
-    nothing = Scorer(EvaluationSettings(models_dir=[str(tmp_path)], detection="mediapipe", backend="mediapipe"))
+    nothing = Scorer(EvaluationSettings(models_dir=[str(tmp_path)], detection="mediapipe", backend="mediapipe",
+                                        identity="insightface"))
     assert "antelopev2" in nothing.notes["face_sim"] and str(tmp_path) in nothing.notes["face_sim"]
     assert nothing.pose is not None
 
@@ -247,7 +256,7 @@ def test_evaluate_command_end_to_end_and_resume(models, assets, tmp_path):
     assert len(rows) == 6 and {r["driver"] for r in rows} == {"d19", "d9", "d30"}
     assert all(r["clip_score"] != "" for r in rows)
     report = (out / "report.md").read_text()
-    assert "| face similarity (ArcFace) (cosine) | `face_sim` |" in report
+    assert "| face similarity (cosine) | `face_sim` |" in report and "`face_sim`: ArcFace glintr100.onnx" in report
     assert "mediapipe backend: RMSE of canonical face geometry" in report
     for col in ("face_sim", "head_sim", "clip_score"):
         assert (out / "plots" / f"{col}.png").is_file(), col
@@ -257,3 +266,31 @@ def test_evaluate_command_end_to_end_and_resume(models, assets, tmp_path):
     assert "6 samples: 0 generated, 0 scored, 6 already scored" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert (out / "report.md").read_text() == report
+
+
+def test_evaluate_generated_without_insightface_scores_face_sim_with_dlib(assets, tmp_path):
+    """No insightface file anywhere: face_sim comes from dlib's public-domain model, labelled, and is
+    higher for another frame of the source person than for another person."""
+    pytest.importorskip("dlib", reason="dlib-bin is installed by make test")
+    given = tmp_path / "given" / "p"
+    given.mkdir(parents=True)
+    shutil.copyfile(assets / "id_group_hp3" / "frame_2.png", given / "0_same.png")
+    shutil.copyfile(assets / "faces" / "source_s42.jpg", given / "0_other.png")
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text("identities:\n  - name: p\n    sources: [id_group_hp3/frame_0.png]\n"
+                        "prompts: [a photo of a person]\n"
+                        "drivers:\n  - {name: same, image: id_group_hp3/frame_1.png}\n"
+                        "  - {name: other, image: faces/driving_d9.jpg}\n"
+                        f"generated: '{tmp_path / 'given'}/{{identity}}/{{prompt_index}}_{{driver}}.png'\n")
+    out = tmp_path / "eval"
+    (tmp_path / "no_insightface").mkdir()  # a models folder without any insightface pack
+    done = cli("evaluate", "--protocol", str(protocol), "--data-root", str(assets), "--out", str(out),
+               "--models-dir", str(tmp_path / "no_insightface"), "--detection", "mediapipe",
+               "--backend", "mediapipe", "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["driver"]: r for r in read_csv(out / "metrics.csv")}
+    same, other = float(rows["same"]["face_sim"]), float(rows["other"]["face_sim"])
+    assert 0 < other < same <= 1.0, (same, other)
+    report = (out / "report.md").read_text()
+    assert "`face_sim`: dlib dlib_face_recognition_resnet_model_v1.dat (public domain" in report
+    assert "face_sim` skipped" not in report and "face_sim_2` skipped" in report

