@@ -5,8 +5,8 @@ import torch
 
 from ..hp3_core.head3d.reconstructor import BACKENDS, FLAME_FILES, SMIRK_FILES, build_reconstructor, find_file
 from ..hp3_core.head3d.retarget import RetargetMode
-from ..hp3_core.head3d.retarget_images import retarget_images
-from ..hp3_core.image_io import comfy_to_numpy
+from ..hp3_core.errors import HP3Error
+from ..hp3_core.head3d.retarget_images import check_face_index, check_smoothing, retarget_images
 from . import model_folders
 from .previews import preview_ui
 from .progress import frame_callback
@@ -41,6 +41,10 @@ class HP3ReconstructorLoader:
         return ":".join([backend, device] + [f"{p}@{p.stat().st_mtime_ns}" if p else "-" for p in found])
 
     def load(self, backend: str, device: str):
+        if backend not in BACKENDS:
+            raise HP3Error(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if device not in ("cpu", "gpu"):
+            raise HP3Error(f"device must be 'cpu' or 'gpu', got {device!r}")
         import comfy.model_management
         dev = "cpu" if device == "cpu" else str(comfy.model_management.get_torch_device())
         return (build_reconstructor(backend, model_folders.folders("smirk"), model_folders.folders("flame"), dev),)
@@ -80,17 +84,50 @@ class HP3HeadRetarget:
             "missing_face": (["error", "blank maps"], {
                 "default": "error", "tooltip": "A driving frame without a face: stop with an error, or give it "
                                               "blank maps and go on."}),
+        }, "optional": {
+            # Optional and last, so workflows saved before they existed still load and run as before.
+            "driving_face_index": ("INT", {"default": 0, "min": 0, "max": 16,
+                                           "tooltip": "Which face of the driving frames when there are several: "
+                                                      "0 = largest (face_index chooses the source's)."}),
+            "smoothing": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.99, "step": 0.05,
+                                    "tooltip": "Temporal smoothing of the driving frames' heads, in order "
+                                               "(a video batch): 0 = off, 0.5 = each frame keeps half its own "
+                                               "weight, 0.9 = very smooth. Frames of one shot only."}),
         }}
 
     def retarget(self, reconstructor, source: torch.Tensor, driving: torch.Tensor, mode: str, region: str,
-                 face_index: int, missing_face: str):
-        src = comfy_to_numpy(source[:1])[0]
-        frames = comfy_to_numpy(driving)
-        result = retarget_images(reconstructor, src, frames, mode=mode, face_index=face_index, region=region,
+                 face_index: int, missing_face: str, driving_face_index: int = 0, smoothing: float = 0.0):
+        check_inputs(reconstructor, source, driving, mode, region, missing_face)
+        face_index = check_face_index(face_index, "face_index")
+        driving_face_index = check_face_index(driving_face_index, "driving_face_index")
+        smoothing = check_smoothing(smoothing, "smoothing")
+        # Frames are handed over as views of the IMAGE batch: each is reduced for face analysis
+        # before any uint8 copy is made (see hp3_core.image_io.analysis_image).
+        frames = [driving[i] for i in range(driving.shape[0])]
+        result = retarget_images(reconstructor, source[0], frames, mode=mode, face_index=face_index,
+                                 driving_face_index=driving_face_index, region=region,
                                  allow_missing=missing_face != "error", source_name="the source image",
-                                 on_frame=frame_callback(len(frames)))
-        shaded, normal, depth, mask = (torch.cat([getattr(m, k) for m in result.maps]).cpu().float()
-                                       for k in ("shaded", "normal", "depth", "mask"))
+                                 on_frame=frame_callback(len(frames)), smoothing=smoothing)
+        shaded, normal, depth, mask = result.stacked()
         result_text = result.report()
         return {"ui": {"images": preview_ui(shaded, "hp3_shaded"), "text": [result_text]},
                 "result": (result, shaded, normal, depth, mask, result_text)}
+
+
+def check_inputs(reconstructor, source, driving, mode: str, region: str, missing_face: str) -> None:
+    """The retarget node's inputs, each failure an HP3Error naming the input and the fix."""
+    if not hasattr(reconstructor, "from_landmarks") or not hasattr(reconstructor, "head_model"):
+        raise HP3Error("reconstructor: connect 'Load HP3 3D Reconstructor' to this input")
+    for name, images in (("source", source), ("driving", driving)):
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+            shape = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise HP3Error(f"{name}: expected an IMAGE batch [B, H, W, 3], got {shape}; connect a Load Image "
+                           f"(or video) node")
+        if images.shape[0] == 0 or images.shape[1] < 1 or images.shape[2] < 1:
+            raise HP3Error(f"{name}: the IMAGE batch is empty ({list(images.shape)}); connect at least one image")
+    if mode not in [m.value for m in RetargetMode]:
+        raise HP3Error(f"mode must be one of {', '.join(m.value for m in RetargetMode)}, got {mode!r}")
+    if region not in ("head", "face"):
+        raise HP3Error(f"region must be 'head' or 'face', got {region!r}")
+    if missing_face not in ("error", "blank maps"):
+        raise HP3Error(f"missing_face must be 'error' or 'blank maps', got {missing_face!r}")

@@ -107,3 +107,21 @@ def test_head_encode_node_with_comfy_clip_vision(comfy, models, assets, tmp_path
     # float32 tolerance: the two hosts use different attention kernels.
     assert torch.allclose(head.clip_hidden, reference, atol=1e-3, rtol=1e-3), "ComfyUI and transformers agree"
     assert "CLIP vision width 48" in info and out["ui"]["images"]
+
+
+def test_face_analysis_node_chooses_dlib_and_head_encode_uses_it(comfy, assets, tmp_path):
+    """identity 'dlib' in the loader node: 128-d identity, MediaPipe detection for 'insightface',
+    and the Head Encode report names the backend."""
+    pytest.importorskip("dlib", reason="dlib-bin is installed by make test")
+    clip = comfy_clip_vision(tiny_clip_model(), tmp_path)
+    m = comfy.nodes.NODE_CLASS_MAPPINGS
+    loader = m["HP3FaceAnalysisLoader"]
+    assert loader.INPUT_TYPES()["optional"]["identity"][0] == ["auto", "insightface", "dlib"]
+    (analysis,) = loader().load("auto", "cpu", "insightface", "dlib")
+    assert analysis.identity == "dlib" and analysis.detection == "mediapipe"
+    image = torch.from_numpy(np.stack([load_image(assets / "faces" / "source_s42.jpg")])).float() / 255
+    with torch.inference_mode():
+        out = m["HP3HeadEncode"]().encode(analysis, clip, image, 0, 2.2)
+    features, _, text = out["result"]
+    assert features.id_embeds.shape == (1, 128) and features.identity == "dlib"
+    assert "dlib_face_recognition_resnet_model_v1.dat (dlib)" in text

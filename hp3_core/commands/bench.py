@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import checks
+
 NAME = "bench"
 HELP = ("benchmarks: 'retarget' (3D reconstruction + rendering per 512x512 image), 'head3d' (the "
         "built-in ict head's fit against MediaPipe's landmarks on real photos), "
@@ -25,6 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    checks.whole("--repeats", args.repeats, 1, 10000, meaning="timed runs per measurement")
+    checks.whole("--steps", args.steps, 1, 10000, meaning="timed training steps")
+    if args.photos is not None:
+        checks.input_folder("--photos", args.photos)
+    checks.device("--device", args.device)
     if args.target == "retarget":
         from ..benchmarks import retarget_bench
         return retarget_bench.main(repeats=args.repeats or 20)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ..head3d.reconstructor import BACKENDS
+from . import checks
 from ..head_encoder.face_analysis import PACK_CHOICES
 from ..head_encoder.identity import ALL_DETECTIONS, IDENTITY_CHOICES
 
@@ -60,7 +61,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every option checked before any work (one-line errors naming the option and the fix)."""
+    checks.input_folder("--input", args.input)
+    for option in ("--smirk-dir", "--flame-dir", "--models-dir", "--dlib-dir"):
+        for folder in getattr(args, option[2:].replace("-", "_"), None) or []:
+            checks.input_folder(option, folder)
+    checks.whole("--size", args.size, 64, 4096, meaning="side of the square training images, pixels")
+    checks.number("--fps", args.fps, 0.0, 240.0, low_open=True, meaning="video frames sampled per second")
+    checks.whole("--max-frames-per-video", args.max_frames_per_video, 1, meaning="leave it out for no limit")
+    checks.number("--dedup-threshold", args.dedup_threshold, 0.0, 255.0, meaning="0 keeps all frames")
+    checks.number("--second-face-ratio", args.second_face_ratio, 0.0, 1.0, low_open=True,
+                  meaning="fraction of the largest face's size")
+    checks.whole("--workers", args.workers, 1, 256, meaning="processes; 1 = everything in this process")
+    checks.whole("--flush-every", args.flush_every, 1, meaning="items per shard rewrite")
+    checks.device("--device", args.device)
+    checks.output_folder("--out", args.out)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     from ..dataset.builder import BuildConfig, build_dataset
     config = BuildConfig(
         input=Path(args.input), out=Path(args.out), size=args.size, fps=args.fps,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..comfy_server import PACK_DIR, PACK_LINK_NAME, ComfyServer, ComfyServerError, free_port, prepare_host
 from ..comfy_workflow import ui_to_api
+from . import checks
 
 NAME = "demo"
 HELP = "run the 3D retarget workflow on sample images in ComfyUI (bundled 2024 host, 127.0.0.1), then serve it"
@@ -46,6 +47,9 @@ def hp3_nodes(object_info: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    checks.whole("--port", args.port, 1, 65535, meaning="a TCP port on 127.0.0.1; leave it out for 8188")
+    checks.output_folder("--host-dir", args.host_dir)
+    checks.output_folder("--out", args.out)
     host = prepare_host(args.host_dir)
     for name in MODEL_FOLDERS:
         (host / "models" / name).mkdir(parents=True, exist_ok=True)

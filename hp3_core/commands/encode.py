@@ -13,6 +13,7 @@ from ..head_encoder.face_analysis import PACK_CHOICES
 from ..head_encoder.identity import ALL_DETECTIONS, IDENTITY_CHOICES, load_face_analyzer
 from ..head_encoder.head_crop import HEAD_SCALE
 from ..image_io import load_image
+from . import checks
 
 NAME = "encode"
 HELP = "encode a person's head (ArcFace + CLIP vision of the head crop) from source photos"
@@ -41,7 +42,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device for CLIP vision")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every option checked before any model loads (one-line errors naming the option and the fix)."""
+    for path in args.source:
+        checks.input_file("--source", path)
+    for folder in args.models_dir:
+        checks.input_folder("--models-dir", folder)
+    for folder in args.dlib_dir:
+        checks.input_folder("--dlib-dir", folder)
+    checks.input_path("--clip-vision", args.clip_vision)
+    if args.hp3:
+        checks.input_file("--hp3", args.hp3, (".safetensors",))
+    checks.whole("--face-index", args.face_index, 0, meaning="0 = the largest face")
+    checks.number("--crop-scale", args.crop_scale, 1.2, 4.0,
+                  meaning=f"head crop side / face box side; {HEAD_SCALE} keeps hair and head shape")
+    checks.device("--device", args.device)
+    checks.output_file("--out", args.out, (".safetensors",))
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     analyzer = load_face_analyzer(args.identity, args.models_dir, args.dlib_dir, pack=args.pack,
                                   detection=args.detection)
     clip = ClipVisionEncoder.from_local(args.clip_vision, device=args.device)

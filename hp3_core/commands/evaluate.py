@@ -8,9 +8,9 @@ import logging
 import sys
 from dataclasses import replace
 
-from ..errors import HP3Error
 from ..head3d.reconstructor import BACKENDS
 from ..head_encoder.face_analysis import DETECTIONS, PACK_CHOICES
+from . import checks
 
 NAME = "evaluate"
 HELP = "score generated portraits on a protocol (identity, head, pose/expression, CLIPScore, FID)"
@@ -58,13 +58,31 @@ def _override(obj, **values):
     return replace(obj, **{k: v for k, v in values.items() if v is not None})
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every option checked before any model loads (one-line errors naming the option and the fix)."""
+    checks.input_file("--protocol", args.protocol, (".yaml", ".yml", ".json"))
+    if args.data_root is not None:
+        checks.input_folder("--data-root", args.data_root)
+    for option in ("--base", "--clip", "--head-clip", "--fid-reference", "--clip-vision"):
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value is not None:
+            checks.input_path(option, value)
+    for option in ("--hp3", "--second-recognizer", "--fid-weights"):
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value is not None:
+            checks.input_file(option, value)
+    for folder in args.models_dir or []:
+        checks.input_folder("--models-dir", folder)
+    checks.whole("--steps", args.steps, 1, 1000, meaning="sampling steps; 20-50 is typical")
+    checks.whole("--seed", args.seed, 0, 2 ** 64 - 1)
+    checks.device("--device", args.device)
+    checks.output_folder("--out", args.out)
 
+
+def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     from ..evaluation import GenerationSettings, load_protocol, run_protocol
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise HP3Error("--device cuda: no CUDA device is available; use --device cpu")
     protocol = load_protocol(args.protocol, args.data_root)
     settings = _override(protocol.evaluation, models_dir=args.models_dir, pack=args.pack, detection=args.detection,
                          backend=args.backend, second_recognizer=args.second_recognizer, clip=args.clip,

@@ -15,6 +15,7 @@ from ..errors import HP3Error
 from ..head3d.reconstructor import BACKENDS, build_reconstructor
 from ..head_encoder.face_analysis import DETECTIONS, PACK_CHOICES
 from ..image_io import load_image, save_image
+from . import checks
 from .retarget import model_folders
 
 NAME = "generate"
@@ -119,13 +120,36 @@ def generate_image(models: GenerationModels, features, shaded, prompt: str, nega
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every option checked before any model loads (one-line errors naming the option and the fix)."""
+    checks.input_folder("--base", args.base)
+    checks.input_file("--hp3", args.hp3, (".safetensors",))
+    for path in args.source:
+        checks.input_file("--source", path)
+    checks.input_file("--driving", args.driving)
+    checks.input_path("--clip-vision", args.clip_vision)
+    for folder in args.models_dir:
+        checks.input_folder("--models-dir", folder)
+    checks.whole("--steps", args.steps, 1, 1000, meaning="sampling steps; 20-50 is typical")
+    checks.number("--guidance", args.guidance, 0.0, 100.0, meaning="classifier-free guidance; 5-9 is typical")
+    checks.whole("--seed", args.seed, 0, 2 ** 64 - 1)
+    checks.number("--strength", args.strength, 0.0, 10.0, meaning="HP3 strength; 0 = the base model, 1 = full")
+    checks.number("--start", args.start, 0.0, 1.0, meaning="fraction of the steps where HP3 starts")
+    checks.number("--end", args.end, 0.0, 1.0, meaning="fraction of the steps where HP3 ends")
+    if args.start > args.end:
+        raise HP3Error(f"--start ({args.start}) is after --end ({args.end}); use --start <= --end")
+    for option, value in (("--width", args.width), ("--height", args.height)):
+        checks.whole(option, value, 64, 4096, meaning="pixels")
+        if value is not None and value % 8:
+            raise HP3Error(f"{option} must be a multiple of 8 (the VAE's scale), got {value}; "
+                           f"use {value - value % 8 or 8}")
+    checks.device("--device", args.device)
+    checks.output_file("--out", args.out, (".png", ".jpg", ".jpeg"))
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     out = Path(args.out)
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-        raise HP3Error(f"--out must be a .png or .jpg file, got '{args.out}'")
-    for n, v in (("--steps", args.steps), ("--width", args.width or 8), ("--height", args.height or 8)):
-        if v <= 0:
-            raise HP3Error(f"{n} must be positive, got {v}")
 
     models = load_models(args.base, args.hp3, args.models_dir, args.clip_vision, pack=args.pack,
                          detection=args.detection, backend=args.backend, device=args.device)

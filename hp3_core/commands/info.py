@@ -7,6 +7,7 @@ import logging
 import sys
 
 from ..weights import load_hp3_weights
+from . import checks
 
 NAME = "info"
 HELP = "check an HP3 weight file and print what it holds"
@@ -19,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    checks.input_file("weights file", args.weights)
     weights = load_hp3_weights(args.weights)
     if args.json:
         out = {"metadata": {k: v for k, v in weights.metadata.items() if k != "hp3.config"},

@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 import torch
 
 from ..config import CLIP_VISION_WIDTHS, FAMILIES, HP3Config
 from ..errors import HP3Error
+from . import checks
 from ..unet_convert import controller_config_from_ldm, read_checkpoint_unet, unet_from_ldm
 from ..weights import save_hp3_weights
 
@@ -47,8 +47,9 @@ def build_config(unet_state, family: str, clip_width: int = 1024, backend: str =
 
 def run(args: argparse.Namespace) -> int:
     from ..hp3_model import HP3Model
-    base = Path(args.base)
-    out = Path(args.out)
+    base = checks.input_file("--base", args.base, (".safetensors",))
+    checks.whole("--seed", args.seed, 0, 2 ** 64 - 1)
+    out = checks.output_file("--out", args.out, (".safetensors",))
     if out.resolve() == base.resolve():
         raise HP3Error(f"--out '{out}' is the base checkpoint itself; choose another file name")
     state = read_checkpoint_unet(base)

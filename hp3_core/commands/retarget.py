@@ -1,24 +1,28 @@
 """``retarget``: the source's head with the driving image's pose and expression, rendered into
-the driving image's frame as shaded, normal, depth and mask maps (plus params.json)."""
+the driving image's frame as shaded, normal, depth and mask maps (plus params.json).
+
+Frames stream: each driving frame is read, analysed (reduced, see :mod:`hp3_core.image_io`),
+rendered and written before the next is read, so memory stays flat however long the video.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import numpy as np
 
 from ..errors import HP3Error
 from ..head3d.reconstructor import BACKENDS, build_reconstructor
 from ..head3d.retarget import RetargetMode
-from ..head3d.retarget_images import RetargetResult, retarget_images
-from ..image_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, iter_video_frames, load_image, save_image
+from ..head3d.retarget_images import MAP_NAMES, FrameMaps, Retargeter, retarget_report
+from ..image_io import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, AnalysisImage, analysis_image, iter_video_frames,
+                        load_for_analysis, save_image, write_error)
+from . import checks
 
 NAME = "retarget"
 HELP = "retarget a source head to driving images and write the condition maps"
 log = logging.getLogger(__name__)
-MAP_NAMES = ("shaded", "normal", "depth", "mask")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,63 +35,115 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=[m.value for m in RetargetMode], default="full",
                    help="full: expression + pose; pose: pose only; expression: expression only")
     p.add_argument("--region", choices=("head", "face"), default="head", help="render the full head or the face")
-    p.add_argument("--face-index", type=int, default=0, help="which face when several (0 = largest)")
+    p.add_argument("--face-index", type=int, default=0, help="which face of the source when several (0 = largest)")
+    p.add_argument("--driving-face-index", type=int, default=0,
+                   help="which face of the driving image(s) when several (0 = largest)")
     p.add_argument("--models-dir", action="append", default=[],
                    help="folder with SMIRK_em1.pt and generic_model.pkl (repeatable; also <dir>/smirk, <dir>/flame)")
-    p.add_argument("--every", type=int, default=1, help="video: keep one frame in N")
+    p.add_argument("--every", type=int, default=1, help="video: keep one frame in N (1 = every frame)")
     p.add_argument("--max-frames", type=int, default=None, help="video/folder: at most N frames")
+    p.add_argument("--smoothing", type=float, default=0.0,
+                   help="video/folder: temporal smoothing of the driving heads in [0, 1) (0 = off; 0.5 "
+                        "halves each frame's own weight; frames of one shot only)")
     p.add_argument("--skip-missing", action="store_true",
                    help="frames without a face get blank maps instead of stopping with an error")
     p.add_argument("--device", default="cpu", help="torch device for the SMIRK encoder")
 
 
-def read_driving(path: Path, every: int = 1, max_frames: int | None = None) -> tuple[list[np.ndarray], list[str]]:
-    """Driving frames and their names from an image, a folder of images or a video."""
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:max_frames]
-        if not files:
-            raise HP3Error(f"driving folder '{path}' has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return [load_image(p) for p in files], [p.stem for p in files]
-    if path.suffix.lower() in VIDEO_SUFFIXES:
-        frames = list(iter_video_frames(path, every=every, max_frames=max_frames))
-        return frames, [f"frame_{i * every:05d}" for i in range(len(frames))]
-    return [load_image(path)], [path.stem]
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every option checked before any model loads (one-line errors naming the option and the fix)."""
+    checks.input_file("--source", args.source)
+    driving = checks.input_path("--driving", args.driving)
+    if driving.is_file() and driving.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+        raise HP3Error(f"--driving '{driving}' is neither an image ({', '.join(sorted(IMAGE_SUFFIXES))}) nor a "
+                       f"video ({', '.join(sorted(VIDEO_SUFFIXES))}); give one of those or a folder of images")
+    checks.whole("--face-index", args.face_index, 0, meaning="0 = the largest face")
+    checks.whole("--driving-face-index", args.driving_face_index, 0, meaning="0 = the largest face")
+    checks.whole("--every", args.every, 1, meaning="keep one frame in N; 1 = every frame")
+    checks.whole("--max-frames", args.max_frames, 1, meaning="leave it out for all frames")
+    checks.number("--smoothing", args.smoothing, 0.0, 1.0, high_open=True,
+                  meaning="0 = off, 0.5 = a frame keeps half its own weight, 0.9 = very smooth")
+    checks.device("--device", args.device)
+    checks.output_folder("--out", args.out)
+
+
+class Names:
+    """Frame names computed on demand (a video's length is not known up front), indexable like a list."""
+
+    def __init__(self, name: Callable[[int], str]) -> None:
+        self._name = name
+
+    def __getitem__(self, index: int) -> str:
+        return self._name(index)
 
 
 def model_folders(dirs: list[str], kind: str) -> list[Path]:
+    """The folders searched for ``kind`` files: each ``--models-dir`` and its ``kind`` sub-folder."""
     return [q for d in dirs for q in (Path(d), Path(d) / kind)]
 
 
-def write_maps(result: RetargetResult, names: list[str], out: Path) -> list[Path]:
-    """One folder per frame (or ``out`` itself for a single image) with the four maps and params."""
-    written = []
-    for i, maps in enumerate(result.maps):
-        folder = out if len(result.maps) == 1 else out / names[i]
+def driving_frames(path: Path, every: int = 1, max_frames: int | None = None
+                   ) -> tuple[Iterator[AnalysisImage], Names, Names, bool]:
+    """(frames, folder names, names for errors, single) of an image, a folder of images or a video.
+
+    Frames are read lazily. Folder names: the image's stem, or ``frame_00010`` (the video frame's
+    number). ``single`` is True for one image (its maps go straight into ``--out``).
+    """
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:max_frames]
+        if not files:
+            raise HP3Error(f"driving folder '{path}' has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return ((load_for_analysis(p) for p in files), Names(lambda i: files[i].stem),
+                Names(lambda i: f"driving image '{files[i]}'"), False)
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        frames = (analysis_image(f, f"frame {i * every} of '{path}'")
+                  for i, f in enumerate(iter_video_frames(path, every=every, max_frames=max_frames)))
+        return (frames, Names(lambda i: f"frame_{i * every:05d}"),
+                Names(lambda i: f"frame {i * every} of '{path}'"), False)
+    return iter([load_for_analysis(path)]), Names(lambda i: path.stem), Names(lambda i: f"driving image '{path}'"), True
+
+
+def write_frame(item: FrameMaps, folder: Path, name: str, info: dict) -> None:
+    """The frame's four maps (full size, uint8 PNG, one at a time) and its params.json."""
+    try:
         folder.mkdir(parents=True, exist_ok=True)
-        for name in MAP_NAMES:
-            arr = getattr(maps, name)[0].cpu().numpy()
-            save_image(folder / f"{name}.png", (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8))
-        info = {"frame": names[i], "backend": result.backend, "full_head": result.full_head,
-                "source_face": result.source_face.to_dict() if result.source_face else None}
-        if i in result.found:
-            info["head"] = result.heads.to_dict(result.found.index(i))
-        else:
-            info["missing"] = result.missing.get(i)
+    except OSError as err:
+        raise write_error(folder, err) from None
+    for map_name in MAP_NAMES:
+        save_image(folder / f"{map_name}.png", item.uint8(map_name))
+    info = dict(info, frame=name)
+    if item.head is not None:
+        info["head"] = item.head.to_dict(0)
+    else:
+        info["missing"] = item.missing
+    try:
         (folder / "params.json").write_text(json.dumps(info, indent=2))
-        written.append(folder)
-    return written
+    except OSError as err:
+        raise write_error(folder / "params.json", err) from None
 
 
 def run(args: argparse.Namespace) -> int:
-    source = load_image(args.source)
-    frames, names = read_driving(Path(args.driving), args.every, args.max_frames)
+    check_arguments(args)
+    out = Path(args.out)
+    driving = Path(args.driving)
+    frames, names, error_names, single = driving_frames(driving, args.every, args.max_frames)
     reconstructor = build_reconstructor(args.backend, model_folders(args.models_dir, "smirk"),
                                         model_folders(args.models_dir, "flame"), device=args.device)
-    result = retarget_images(reconstructor, source, frames, mode=args.mode, face_index=args.face_index,
-                             region=args.region, allow_missing=args.skip_missing,
-                             source_name=f"source '{args.source}'")
-    folders = write_maps(result, names, Path(args.out))
-    for line in result.report().splitlines():
+    source = Retargeter(reconstructor, load_for_analysis(args.source), args.mode, args.face_index, args.region,
+                        source_name=f"source '{args.source}'")
+    info = {"backend": reconstructor.name, "full_head": reconstructor.head_model.full_head,
+            "source_face": source.source_face.to_dict() if source.source_face else None}
+    count, found, missing = 0, 0, {}
+    for item in source.frames(frames, args.driving_face_index, args.skip_missing, args.smoothing, error_names):
+        write_frame(item, out if single else out / names[item.index], names[item.index], info)
+        count += 1
+        if item.head is None:
+            missing[item.index] = item.missing or "no face"
+        else:
+            found += 1
+    for line in retarget_report(reconstructor.name, reconstructor.head_model.full_head, source.source_face,
+                                count, found, missing).splitlines():
         log.info("%s", line)
-    log.info("wrote %d set(s) of maps to %s", len(folders), args.out)
+    log.info("wrote %d set(s) of maps to %s", count, out)
     return 0
+

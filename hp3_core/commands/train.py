@@ -9,6 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
+
+from ..errors import HP3Error
+from . import checks
 
 NAME = "train"
 HELP = ("train HP3 (token decoder, controller, connector) on a build-dataset folder; "
@@ -24,6 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    checks.input_file("--config", args.config, (".yaml", ".yml", ".json"))
+    checks.whole("--max-steps", args.max_steps, 1, meaning="training steps")
+    if args.resume not in (None, "latest") and not Path(args.resume).is_dir():
+        raise HP3Error(f"--resume must be 'latest' or a checkpoint folder; '{args.resume}' is not a folder")
     from ..training.config import TrainConfig
     from ..training.trainer import train
     config = TrainConfig.load(args.config)
