@@ -287,6 +287,20 @@ def test_init_writes_untrained_weights_copied_from_the_base_unet(tiny_model, tmp
         if name.split(".")[2] in ("inject", "scale_out", "shift_out"):
             assert not p.any(), name
     assert "wrote untrained SD1.5 HP3 weights" in capsys.readouterr().out
+    assert (cfg.encoder.identity, cfg.encoder.id_dim) == ("insightface", 512)
+
+
+def test_init_with_the_dlib_identity_makes_a_128_wide_identity_projection(tiny_model, tmp_path, capsys):
+    from hp3_core.weights import load_hp3_weights
+    base = tmp_path / "tiny_base.safetensors"
+    write_checkpoint(base, tiny_model)
+    out = tmp_path / "hp3_dlib.safetensors"
+    assert cli.main(["init", "--base", str(base), "--family", "sd15", "--out", str(out), "--backend", "ict",
+                     "--identity", "dlib"]) == 0
+    weights = load_hp3_weights(out)
+    assert (weights.config.encoder.identity, weights.config.encoder.id_dim) == ("dlib", 128)
+    assert weights.state_dict["encoder.id_proj.weight"].shape[1] == 128
+    assert "identity: dlib (128-d)" in weights.summary()
 
 
 def test_init_refuses_the_wrong_family_and_pickles(tiny_model, tmp_path, capsys):

@@ -35,13 +35,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="hidden width of the CLIP vision model to train with (1024 ViT-L/14, 1280 ViT-H/14)")
     p.add_argument("--backend", choices=BACKENDS, default="smirk",
                    help="the 3D backend whose renders the controller will learn")
+    p.add_argument("--identity", choices=("insightface", "dlib"), default="insightface",
+                   help="the identity embedding the token decoder reads: insightface ArcFace (512-d) or dlib "
+                        "(128-d, public domain); train with a dataset built with the same")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="tensor type of the file")
     p.add_argument("--seed", type=int, default=0, help="seed of the token decoder's initialisation")
 
 
-def build_config(unet_state, family: str, clip_width: int = 1024, backend: str = "smirk") -> HP3Config:
+def build_config(unet_state, family: str, clip_width: int = 1024, backend: str = "smirk",
+                 identity: str = "insightface") -> HP3Config:
     """The HP3 config for a base UNet (LDM names), its controller mirroring that UNet."""
-    return HP3Config.for_controller(controller_config_from_ldm(unet_state, family), family, clip_width, backend)
+    return HP3Config.for_controller(controller_config_from_ldm(unet_state, family), family, clip_width, backend,
+                                    identity=identity)
 
 
 
@@ -53,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if out.resolve() == base.resolve():
         raise HP3Error(f"--out '{out}' is the base checkpoint itself; choose another file name")
     state = read_checkpoint_unet(base)
-    config = build_config(state, args.family, args.clip_width, args.backend)
+    config = build_config(state, args.family, args.clip_width, args.backend, args.identity)
     log.info("base UNet: %s, blocks %s, context %d", config.family_name,
              list(config.controller.block_out_channels), config.controller.cross_attention_dim)
     unet = unet_from_ldm(state, config, dtype=torch.float32)
