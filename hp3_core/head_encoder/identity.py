@@ -13,6 +13,7 @@ other through :func:`check_identity_backend`.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections import OrderedDict
 from threading import Lock
@@ -51,17 +52,21 @@ def check_identity_backend(found: str, expected: str, what: str = "these HP3 wei
 
 def resolve_identity(identity: str, insightface_folders=None, pack: str = "auto") -> str:
     """The backend ``identity`` means: ``auto`` is insightface when its pack's recognizer is found
-    in ``insightface_folders``, else dlib."""
+    in ``insightface_folders`` and insightface and onnxruntime are installed, else dlib."""
     if identity not in IDENTITY_CHOICES:
         raise HP3Error(f"unknown identity backend '{identity}'; use one of {', '.join(IDENTITY_CHOICES)}")
     if identity != "auto":
         return identity
     try:
         find_pack(insightface_folders, pack)
-        return "insightface"
     except MissingModelFileError:
         log.info("no insightface pack found: identity 'auto' uses dlib (public domain)")
         return "dlib"
+    if not all(importlib.util.find_spec(m) for m in ("insightface", "onnxruntime")):
+        log.info("an insightface pack is there but insightface/onnxruntime are not installed: identity "
+                 "'auto' uses dlib (public domain)")
+        return "dlib"
+    return "insightface"
 
 
 def dlib_detection(detection: str) -> str:
