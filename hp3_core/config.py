@@ -151,7 +151,7 @@ class ConnectorConfig:
 
 
 # What the controller sees from each 3D backend (recorded in the weight file as render_style).
-RENDER_STYLES = {"smirk": "shaded_full_head", "synthetic": "shaded_full_head", "ict": "shaded_full_head_ict",
+RENDER_STYLES = {"smirk": "shaded_full_head", "ict": "shaded_full_head_ict",
                  "mediapipe": "shaded_face"}
 
 
@@ -164,7 +164,7 @@ class HP3Config:
         encoder: head encoder sizes.
         controller: head controller architecture.
         render_backend: the 3D backend the weights were trained with (``smirk``, ``ict``,
-            ``mediapipe``, ``synthetic``); applying them with another backend warns, since the controller
+            ``mediapipe``); applying them with another backend warns, since the controller
             has learnt that backend's renders.
         render_style: what the controller saw: ``shaded_full_head`` (FLAME head, DESIGN.md),
             ``shaded_full_head_ict`` (the ICT full head) or ``shaded_face`` (MediaPipe's face-only mesh).

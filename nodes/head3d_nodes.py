@@ -27,7 +27,7 @@ class HP3ReconstructorLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "backend": (list(b for b in BACKENDS if b != "synthetic"), {
+            "backend": (list(BACKENDS), {
                 "default": "auto", "tooltip": "auto: smirk when its files are found, else ict (built-in full head)."}),
             "device": (["cpu", "gpu"], {
                 "default": "cpu", "tooltip": "Where the SMIRK encoder runs (small; CPU keeps VRAM free)."}),

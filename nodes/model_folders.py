@@ -1,8 +1,10 @@
 """The pack's model folders in ComfyUI's ``folder_paths``.
 
-Registered at import, keeping every path a user set in ``extra_model_paths.yaml`` (the host reads
-that file before it imports custom nodes, creating entries with no extension filter for names it
-does not know). The default folder under ``ComfyUI/models`` goes first, like the core folders.
+The folders (:data:`hp3_core.model_folders.MODEL_FOLDERS`) and the file search are the core's;
+ComfyUI only supplies the folder lists. Registered at import, keeping every path a user set in
+``extra_model_paths.yaml`` (the host reads that file before it imports custom nodes, creating
+entries with no extension filter for names it does not know). The default folder under
+``ComfyUI/models`` goes first, like the core folders.
 """
 from __future__ import annotations
 
@@ -10,21 +12,14 @@ import os
 
 import folder_paths
 
-from ..hp3_core.errors import MissingModelFileError
-
-# name -> (default sub-folder of models/, file extensions listed for it, what users put there)
-MODEL_FOLDERS: dict[str, tuple[str, set[str], str]] = {
-    "hp3": ("hp3", {".safetensors"}, "HP3 weights (.safetensors)"),
-    "insightface": ("insightface", {".onnx"}, "insightface packs: models/<pack>/*.onnx"),
-    "smirk": ("smirk", {".pt", ".pth", ".safetensors"}, "SMIRK encoder (SMIRK_em1.pt)"),
-    "flame": ("flame", {".pkl", ".npz"}, "FLAME 2020 head model (generic_model.pkl)"),
-}
+from ..hp3_core.model_folders import MODEL_FOLDERS, require_file
 
 
 def register() -> None:
     """Add the pack's folders (idempotent; never drops a path or extension already there)."""
-    for name, (sub, exts, _) in MODEL_FOLDERS.items():
-        default = os.path.join(folder_paths.models_dir, sub)
+    for name, folder in MODEL_FOLDERS.items():
+        default = os.path.join(folder_paths.models_dir, folder.sub)
+        exts = set(folder.extensions)
         entry = folder_paths.folder_names_and_paths.get(name)
         if entry is None:
             folder_paths.folder_names_and_paths[name] = ([default], set(exts))
@@ -49,7 +44,4 @@ def folders(name: str) -> list[str]:
 
 def full_path(name: str, filename: str, what: str, where_to_get: str = "") -> str:
     """The file's full path, or a :class:`MissingModelFileError` listing the folders searched."""
-    path = folder_paths.get_full_path(name, filename)
-    if path is None or not os.path.isfile(path):
-        raise MissingModelFileError(what, [filename], folders(name), where_to_get)
-    return path
+    return str(require_file([filename], folders(name), what, where_to_get))

@@ -17,13 +17,13 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from harness.flame_synthetic import make_synthetic_flame, write_synthetic_flame
 from hp3_core.errors import HP3Error, MissingModelFileError
 from hp3_core.head3d import flame_file, safe_pickle
 from hp3_core.head3d.flame import FlameModel, FlameParameterError
 from hp3_core.head3d.flame_file import (FlameAssets, find_flame_model, load_eyelids,
                                         load_face_vertex_ids, load_flame)
-from hp3_core.head3d.flame_synthetic import (flame_fields, make_synthetic_flame, save_flame_npz,
-                                             write_synthetic_flame)
+from hp3_core.head3d.flame_npz import flame_fields, save_flame_npz
 from hp3_core.head3d.safe_pickle import FlameFileError
 
 ARRAY_FIELDS = ("v_template", "shapedirs", "posedirs", "J_regressor", "parents", "lbs_weights",

@@ -1,5 +1,5 @@
-"""The SMIRK/FLAME code path end to end on files the tests build (the ``synthetic`` backend),
-backend selection, and the retarget command and nodes."""
+"""The SMIRK/FLAME code path end to end on files the tests build (random weights in the real
+files' layouts: tests/harness/smirk_files.py), backend selection, and the retarget command."""
 from __future__ import annotations
 
 import json
@@ -9,27 +9,21 @@ import sys
 import pytest
 import torch
 
+from harness.smirk_files import write_synthetic_models
 from hp3_core.errors import MissingModelFileError
-from hp3_core.head3d.flame_synthetic import write_synthetic_flame
-from hp3_core.head3d.reconstructor import MediaPipeReconstructor, build_reconstructor
+from hp3_core.head3d.reconstructor import BACKENDS, MediaPipeReconstructor, build_reconstructor
 from hp3_core.head3d.retarget_images import retarget_images
-from hp3_core.head3d.smirk_encoder import SmirkEncoder, write_smirk_checkpoint
 from hp3_core.image_io import load_image
 
 
 @pytest.fixture(scope="module")
 def synthetic_files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic_models")
-    torch.manual_seed(0)
-    (root / "smirk").mkdir()
-    write_smirk_checkpoint(root / "smirk" / "SMIRK_em1.pt", SmirkEncoder().eval())
-    write_synthetic_flame(root / "flame" / "generic_model.pkl", fmt="pkl")
-    return root
+    return write_synthetic_models(tmp_path_factory.mktemp("synthetic_models"))
 
 
-def test_synthetic_backend_runs_the_whole_smirk_path(synthetic_files, assets):
-    rec = build_reconstructor("synthetic", [synthetic_files / "smirk"], [synthetic_files / "flame"])
-    assert rec.name == "synthetic" and rec.head_model.full_head
+def test_smirk_backend_runs_its_whole_path_on_test_built_files(synthetic_files, assets):
+    rec = build_reconstructor("smirk", [synthetic_files / "smirk"], [synthetic_files / "flame"])
+    assert rec.name == "smirk" and rec.head_model.full_head
     source = load_image(assets / "faces" / "source_s42.jpg")
     driving = [load_image(assets / "faces" / n) for n in ("driving_d9.jpg", "driving_d30.jpg")]
     result = retarget_images(rec, source, driving)
@@ -48,6 +42,14 @@ def test_auto_prefers_smirk_when_its_files_are_there(synthetic_files, tmp_path):
     rec = build_reconstructor("auto", [synthetic_files / "smirk"], [synthetic_files / "flame"])
     assert rec.name == "smirk"
     assert build_reconstructor("auto", [tmp_path], [tmp_path]).name == "ict"
+
+
+def test_users_are_offered_no_test_only_backend():
+    assert BACKENDS == ("auto", "smirk", "ict", "mediapipe")  # the loader node lists exactly these
+    with pytest.raises(ValueError, match="unknown 3D backend 'synthetic'"):
+        build_reconstructor("synthetic")
+    out = cli("retarget", "--help")
+    assert out.returncode == 0 and "{auto,smirk,ict,mediapipe}" in out.stdout and "synthetic" not in out.stdout
 
 
 def test_missing_smirk_files_list_the_folders(synthetic_files, tmp_path):
@@ -78,7 +80,7 @@ def test_retarget_command_writes_the_maps(assets, tmp_path):
 def test_retarget_command_on_a_video(assets, tmp_path, synthetic_files):
     out = cli("retarget", "--source", str(assets / "faces" / "source_s42.jpg"),
               "--driving", str(assets / "faces" / "driving_d10.mp4"), "--out", str(tmp_path),
-              "--every", "10", "--max-frames", "3", "--models-dir", str(synthetic_files), "--backend", "synthetic")
+              "--every", "10", "--max-frames", "3", "--models-dir", str(synthetic_files), "--backend", "smirk")
     assert out.returncode == 0, out.stderr[-2000:]
     folders = sorted(p.name for p in tmp_path.iterdir())
     assert folders == ["frame_00000", "frame_00010", "frame_00020"]

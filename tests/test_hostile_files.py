@@ -32,11 +32,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from harness.flame_synthetic import make_synthetic_flame, write_synthetic_flame
 from harness.tiny_hp3 import tiny_hp3_config, write_tiny_hp3
 from hp3_core.errors import WeightFileError
 from hp3_core.head3d import safe_pickle
 from hp3_core.head3d.flame_file import load_flame
-from hp3_core.head3d.flame_synthetic import make_synthetic_flame, write_synthetic_flame
 from hp3_core.head3d.safe_pickle import FlameFileError
 from hp3_core.weights import META_CONFIG, load_hp3_weights
 

@@ -29,6 +29,60 @@ def test_hp3_core_never_imports_the_host():
     assert not offenders, f"hp3_core must stay host-independent: {offenders}"
 
 
+def _absolute_imports(rel: str, source: str) -> set[str]:
+    """Every module the file at ``rel`` (repo-relative) imports, relative imports made absolute."""
+    parts = rel.removesuffix(".py").split("/")
+    package = parts[:-1]  # a module's package; for __init__.py, the package itself
+    found = set()
+    for node in ast.walk(ast.parse(source, filename=rel)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            found.add(module)
+            found |= {f"{module}.{a.name}" for a in node.names}  # `from .. import commands`
+    return found
+
+
+def _layer_offenders(forbidden: str, allowed: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """hp3_core files outside ``allowed`` (path prefixes) that import ``forbidden`` or below it."""
+    offenders = {}
+    for path in (REPO / "hp3_core").rglob("*.py"):
+        rel = path.relative_to(REPO).as_posix()
+        if allowed and rel.startswith(allowed):
+            continue
+        bad = sorted(m for m in _absolute_imports(rel, path.read_text())
+                     if m == forbidden or m.startswith(forbidden + "."))
+        if bad:
+            offenders[rel] = bad
+    return offenders
+
+
+COMMAND_LAYER = ("hp3_core/commands/", "hp3_core/cli.py")
+
+
+def test_library_code_never_imports_the_command_layer():
+    # Commands sit on top of the library; only the CLI that dispatches to them may import them.
+    offenders = _layer_offenders("hp3_core.commands", COMMAND_LAYER)
+    assert not offenders, f"only hp3_core/commands and hp3_core/cli.py may import hp3_core.commands: {offenders}"
+
+
+def test_the_package_never_imports_the_tests():
+    # Test fixtures (tiny models, synthetic FLAME files) live in tests/ and never ship.
+    offenders = {**_layer_offenders("tests"), **_layer_offenders("harness")}
+    assert not offenders, f"hp3_core must not import test code: {offenders}"
+
+
+def test_import_resolution_sees_relative_imports_of_the_commands():
+    # The checks above are only as good as this resolver.
+    probe = "from ..commands.generate import run\nfrom .. import commands\nfrom .runner import x\n"
+    found = _absolute_imports("hp3_core/evaluation/probe.py", probe)
+    assert {"hp3_core.commands.generate", "hp3_core.commands", "hp3_core.evaluation.runner"} <= found
+    assert "hp3_core.commands" in _absolute_imports("hp3_core/__init__.py", "from . import commands\n")
+    assert "hp3_core.commands" in _absolute_imports("hp3_core/cli.py", "from .commands import COMMANDS\n")
+
+
 def test_hp3_core_imports_and_runs_without_comfyui():
     # A finder that makes every host module unimportable, as on a machine without ComfyUI.
     code = (

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require
+from harness.needs import installed
 from harness.offline_probe import CANARY
 from hp3_core import offline
 
@@ -126,8 +127,8 @@ def _strace_works() -> bool:
 
 
 def test_no_connection_or_lookup_from_any_onnxruntime_session(tmp_path):
-    pytest.importorskip("onnxruntime", reason="onnxruntime is optional (face analysis needs it)")
-    pytest.importorskip("insightface", reason="insightface is optional (face analysis needs it)")
+    installed("onnxruntime", "face analysis sessions are what this test traces")
+    installed("insightface", "face analysis sessions are what this test traces")
     require(_strace_works(), "strace is missing or cannot trace here (make test installs it)")
     from harness.tiny_onnx import write_tiny_arcface, write_tiny_pack
 

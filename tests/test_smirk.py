@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from harness.needs import installed
+from harness.smirk_files import write_smirk_checkpoint
 from hp3_core.errors import HP3Error, InputImageError, MissingModelFileError, WeightFileError
 from hp3_core.head3d.smirk_crop import apply_transform, smirk_crop_transform, warp_crop
-from hp3_core.head3d.smirk_encoder import (
-    SmirkEncoder, SmirkWeightFileError, load_smirk_encoder, write_smirk_checkpoint)
-
-ASSETS = Path(__file__).resolve().parent.parent.parent / "shared" / "assets"
+from hp3_core.head3d.smirk_encoder import SmirkEncoder, SmirkWeightFileError, load_smirk_encoder
 
 # ---- The layout read from SMIRK's src/smirk_encoder.py (georgeretsi/smirk @ c7de404) with the
 # timm MobileNetV3Features layout (timm 0.9.16 in SMIRK's requirements; same keys in timm 1.x).
@@ -254,7 +253,7 @@ def test_crop_transform_geometry():
 
 
 def test_crop_transform_equals_skimage_estimate():
-    skt = pytest.importorskip("skimage.transform", reason="scikit-image is only used to cross-check")
+    skt = installed("skimage.transform", "scikit-image is the cross-check")
     rng = np.random.default_rng(3)
     lms = rng.uniform([100, 80], [400, 420], size=(478, 2))
     left, top = lms.min(0)
@@ -294,7 +293,7 @@ def test_warp_crop_puts_marked_pixel_where_the_transform_says():
 
 
 def test_warp_crop_matches_skimage_warp():
-    skt = pytest.importorskip("skimage.transform", reason="scikit-image is only used to cross-check")
+    skt = installed("skimage.transform", "scikit-image is the cross-check")
     rng = np.random.default_rng(4)
     image = (rng.uniform(0, 255, (240, 320, 3))).astype(np.uint8)
     image = np.ascontiguousarray(np.repeat(np.repeat(image[::8, ::8], 8, 0), 8, 1))  # smooth-ish
@@ -306,18 +305,16 @@ def test_warp_crop_matches_skimage_warp():
     assert np.abs(ours - theirs)[inside].mean() < 2.0
 
 
-def test_mediapipe_crop_on_shared_photo():
-    photo = ASSETS / "faces" / "source_s42.jpg"
-    if not photo.is_file():
-        pytest.skip(f"shared photo {photo} not found (the shared assets live beside the repo)")
-    mp = pytest.importorskip("mediapipe", reason="mediapipe is optional")
+def test_mediapipe_crop_on_a_real_photo(assets):
     import cv2
+    import mediapipe as mp
+    photo = assets / "faces" / "source_s42.jpg"
     bgr = cv2.imread(str(photo))
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True,
                                          max_num_faces=1) as mesh:
         result = mesh.process(rgb)
-    assert result.multi_face_landmarks, "MediaPipe found no face in the shared photo"
+    assert result.multi_face_landmarks, "MediaPipe found no face in the photo"
     h, w = rgb.shape[:2]
     lms = np.array([[p.x * w, p.y * h] for p in result.multi_face_landmarks[0].landmark])
     assert lms.shape == (478, 2)

@@ -11,11 +11,12 @@ import statistics
 import pytest
 import torch
 
+from harness.needs import installed
 from harness.tiny_dataset import tiny_train_config, write_tiny_setup
 from harness.tiny_onnx import write_tiny_pack
 from test_hp3_comfy import make_head, make_head3d, sample
 
-pytest.importorskip("onnx2torch", reason="the identity loss needs onnx2torch (requirements-train.txt)")
+installed("onnx2torch", "the identity loss needs it (requirements-train.txt)")
 
 STEPS = 24
 

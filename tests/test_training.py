@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+from harness.needs import installed
 from harness.tiny_dataset import tiny_train_config, write_tiny_dataset, write_tiny_setup
 from hp3_core.errors import HP3Error
 from hp3_core.training.config import ConfigError, TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
-pytest.importorskip("accelerate", reason="training needs accelerate (requirements-train.txt)")
-pytest.importorskip("onnx2torch", reason="the identity loss needs onnx2torch (requirements-train.txt)")
+installed("accelerate", "training needs it (requirements-train.txt)")
+installed("onnx2torch", "the identity loss needs it (requirements-train.txt)")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,6 @@ def test_onnx2torch_arcface_equals_onnxruntime(tmp_path):
 
 
 def test_torch_alignment_matches_norm_crop_on_a_photo_and_passes_gradients(assets, tmp_path):
-    pytest.importorskip("mediapipe", reason="mediapipe detection needs mediapipe")
     from harness.tiny_onnx import write_tiny_pack
     from hp3_core.head_encoder import face_analysis as fa
     from hp3_core.image_io import load_image

@@ -2,7 +2,7 @@
 
 Measured on the bundled sample images (workflows/inputs) resized to 512x512: MediaPipe
 reconstruction of a driving image, retargeting, and rendering of the four maps; the full-head
-render of a FLAME-sized mesh (a synthetic FLAME-format model with 5023 vertices); and pytorch3d's
+render of a FLAME-sized mesh (a generated head-shaped ellipsoid, 5024 vertices); and pytorch3d's
 rasterizer side by side when it imports. The last line is machine-readable:
 ``retarget_ms_per_image: <median ms, reconstruction + rendering, 512x512>`` of the default backend
 (``ict``, the built-in full head; the face-only ``mediapipe`` backend is measured beside it).
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from ..head3d.retarget import retarget
 from ..image_io import load_image
 from ..render import render_maps
 from ..render.rasterizer import rasterize
+from .meshes import flame_sized_head
 
 log = logging.getLogger(__name__)
 SAMPLES = Path(__file__).resolve().parents[2] / "workflows" / "inputs"
@@ -76,7 +76,7 @@ def run(repeats: int = 20, size: int = 512, threads: int | None = None) -> dict[
     verts = screen_vertices(heads, rec.head_model)
     results["rasterize only, torch (852 triangles)"] = _median_ms(
         lambda: rasterize(verts, rec.head_model.faces, size, size), repeats)
-    flame_verts, flame_faces = _flame_sized_head(size)
+    flame_verts, flame_faces = flame_sized_head(size)
     results["render 4 maps, FLAME-sized head (torch)"] = _median_ms(
         lambda: render_maps(flame_verts, flame_faces, size, size), repeats)
     results["rasterize only, FLAME-sized head (torch)"] = _median_ms(
@@ -106,23 +106,6 @@ def _backend_times(rec, label: str, source: np.ndarray, driving: np.ndarray, rep
         f"{label} end to end (reconstruct + retarget + render)": _median_ms(
             lambda: render_heads(retarget(src, reconstruct_driving()), rec.head_model), repeats),
     }
-
-
-def _flame_sized_head(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A synthetic FLAME-format head (5023 vertices), framed like a portrait in a size x size image."""
-    from ..head3d.flame import FlameModel
-    from ..head3d.flame_file import load_flame
-    from ..head3d.flame_synthetic import write_synthetic_flame
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_synthetic_flame(Path(tmp) / "generic_model.npz", n_vertices=5023, side_files=False)
-        flame = FlameModel(load_flame(path))
-    with torch.no_grad():
-        v = flame(torch.zeros(1, 1), torch.zeros(1, 1), torch.tensor([[0.0, 0.3, 0.0]]), torch.zeros(1, 3))
-    centre = (v.amax(1) + v.amin(1)) / 2
-    scale = 0.7 * size / (v.amax(1) - v.amin(1))[:, :2].max()
-    xy = (v[..., :2] - centre[:, None, :2]) * scale * torch.tensor([1.0, -1.0]) + size / 2
-    z = -(v[..., 2:] - centre[:, None, 2:]) * scale
-    return torch.cat([xy, z], -1), flame.faces
 
 
 def main(repeats: int = 20) -> int:

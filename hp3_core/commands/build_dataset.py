@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "against the group's earlier frames; 0 keeps all")
     p.add_argument("--second-face-ratio", type=float, default=SECOND_FACE_RATIO,
                    help="skip a frame whose second face is at least this fraction of the largest face's size")
-    p.add_argument("--backend", choices=[b for b in BACKENDS if b != "synthetic"], default="auto",
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="3D backend (auto: smirk when its files are found, else ict, the built-in full head)")
     p.add_argument("--smirk-dir", action="append", default=[], help="folder with SMIRK_em1.pt (repeatable)")
     p.add_argument("--flame-dir", action="append", default=[],

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..comfy_server import PACK_DIR, PACK_LINK_NAME, ComfyServer, ComfyServerError, free_port, prepare_host
 from ..comfy_workflow import ui_to_api
+from ..model_folders import MODEL_FOLDERS
 from . import checks
 
 NAME = "demo"
@@ -26,8 +27,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 8188
 WORKFLOW = PACK_DIR / "example_workflows" / "hp3_retarget.json"
 SAMPLE_INPUTS = PACK_DIR / "workflows" / "inputs"
-# Model folders the pack uses, created empty in the demo host so users see where files go.
-MODEL_FOLDERS = ("checkpoints", "clip_vision", "controlnet", "hp3", "insightface", "smirk", "flame")
+# Model folders the workflows use (ComfyUI's own, then the pack's), created empty in the demo host
+# so users see where files go.
+DEMO_FOLDERS = ("checkpoints", "clip_vision", "controlnet", *(f.sub for f in MODEL_FOLDERS.values()))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     checks.output_folder("--host-dir", args.host_dir)
     checks.output_folder("--out", args.out)
     host = prepare_host(args.host_dir)
-    for name in MODEL_FOLDERS:
+    for name in DEMO_FOLDERS:
         (host / "models" / name).mkdir(parents=True, exist_ok=True)
     (host / "input").mkdir(exist_ok=True)
     for image in SAMPLE_INPUTS.glob("*.jpg"):
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                  for i in o.get("images", []) if i.get("type") == "output"]
         for f in files:
             sys.stdout.write(f"wrote {f}\n")
-        log.info("models go in %s/models/<folder> (%s)", host, ", ".join(MODEL_FOLDERS))
+        log.info("models go in %s/models/<folder> (%s)", host, ", ".join(DEMO_FOLDERS))
         if args.no_serve:
             return 0
         sys.stdout.write(f"ComfyUI with HP3 is running: open {server.url} and drag in {WORKFLOW} "

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..errors import HP3Error
-from ..head3d.reconstructor import BACKENDS, build_reconstructor
+from ..generation import driving_render, encode_sources, generate_image, load_models
+from ..head3d.reconstructor import BACKENDS
 from ..head_encoder.face_analysis import DETECTIONS, PACK_CHOICES
 from ..image_io import load_image, save_image
 from . import checks
-from .retarget import model_folders
 
 NAME = "generate"
 HELP = "generate a head-preserving image with a local diffusers SD1.5/SDXL pipeline and HP3"
@@ -47,77 +45,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=None, help="image width (default: the pipeline's)")
     p.add_argument("--height", type=int, default=None, help="image height (default: the pipeline's)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-
-
-@dataclass
-class GenerationModels:
-    """Everything a generation needs, loaded once and reused for many images (``evaluate``).
-
-    Attributes:
-        hp3: the HP3 pipeline (base diffusers pipeline + HP3 weights) on ``device``.
-        analyzer: the insightface analyzer that encodes source heads.
-        clip: the CLIP vision encoder of the head encoder.
-        reconstructor: the 3D backend of the retargeted render.
-        device: "cpu" or "cuda".
-    """
-
-    hp3: Any
-    analyzer: Any
-    clip: Any
-    reconstructor: Any
-    device: str
-
-
-def load_models(base: str | Path, hp3_path: str | Path, models_dir: list[str], clip_vision: str | Path,
-                pack: str = "auto", detection: str = "insightface", backend: str = "auto",
-                device: str = "cpu") -> GenerationModels:
-    """Load the pipeline, the head encoder's models and the 3D backend (``generate``'s options)."""
-    import torch
-
-    from ..head_encoder.clip_vision import ClipVisionEncoder
-    from ..head_encoder.face_analysis import InsightFaceAnalyzer
-    from ..pipeline import HP3Pipeline
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise HP3Error("--device cuda: no CUDA device is available; use --device cpu")
-    hp3 = HP3Pipeline.from_files(base, hp3_path, device=device)
-    hp3.pipe.set_progress_bar_config(disable=True)
-    analyzer = InsightFaceAnalyzer(models_dir, pack=pack, detection=detection)
-    clip = ClipVisionEncoder.from_local(clip_vision, device=device)
-    reconstructor = build_reconstructor(backend, model_folders(models_dir, "smirk"),
-                                        model_folders(models_dir, "flame"), device=device)
-    return GenerationModels(hp3=hp3, analyzer=analyzer, clip=clip, reconstructor=reconstructor, device=device)
-
-
-def encode_sources(models: GenerationModels, sources: list[np.ndarray], names: list[str]):
-    """The source person's :class:`~hp3_core.head_encoder.features.HeadFeatures` (once per person)."""
-    from ..head_encoder.encode_heads import encode_heads
-    return encode_heads(sources, models.analyzer, models.clip.encode, names=names)
-
-
-def driving_render(models: GenerationModels, source: np.ndarray, driving: np.ndarray,
-                   source_name: str = "the source image"):
-    """The source head retargeted to ``driving``: ``(shaded [H, W, 3] float 0..1 tensor, RetargetResult)``."""
-    from ..head3d.retarget_images import retarget_images
-    result = retarget_images(models.reconstructor, source, [driving], source_name=source_name)
-    return result.maps[0].shaded[0].float().clamp(0, 1), result
-
-
-def generate_image(models: GenerationModels, features, shaded, prompt: str, negative_prompt: str | None = None,
-                   steps: int = 30, guidance: float = 7.0, seed: int = 0, strength: float = 1.0,
-                   start: float = 0.0, end: float = 1.0, width: int | None = None,
-                   height: int | None = None) -> np.ndarray:
-    """One image, RGB uint8 [H, W, 3] (the generator is seeded with ``seed`` on ``models.device``)."""
-    import torch
-
-    generator = torch.Generator(device=models.device).manual_seed(seed)
-    with torch.no_grad():
-        output = models.hp3(prompt=prompt, head_tokens=features, render=shaded, strength=strength,
-                            start=start, end=end, negative_prompt=negative_prompt,
-                            num_inference_steps=steps, guidance_scale=guidance, generator=generator,
-                            width=width, height=height, output_type="np")
-    image = np.asarray(output.images[0])
-    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def check_arguments(args: argparse.Namespace) -> None:

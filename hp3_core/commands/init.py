@@ -23,7 +23,7 @@ NAME = "init"
 HELP = "make untrained HP3 weights for a base SD1.5/SDXL checkpoint (controller copied from its UNet)"
 log = logging.getLogger(__name__)
 
-BACKENDS = ("ict", "smirk", "mediapipe")  # what a user trains with (synthetic is for tests)
+BACKENDS = ("ict", "smirk", "mediapipe")  # what a user trains with (auto would depend on files present)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

@@ -18,6 +18,7 @@ from ..head3d.retarget import RetargetMode
 from ..head3d.retarget_images import MAP_NAMES, FrameMaps, Retargeter, retarget_report
 from ..image_io import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, AnalysisImage, analysis_image, iter_video_frames,
                         load_for_analysis, save_image, write_error)
+from ..model_folders import cli_folders
 from . import checks
 
 NAME = "retarget"
@@ -77,11 +78,6 @@ class Names:
         return self._name(index)
 
 
-def model_folders(dirs: list[str], kind: str) -> list[Path]:
-    """The folders searched for ``kind`` files: each ``--models-dir`` and its ``kind`` sub-folder."""
-    return [q for d in dirs for q in (Path(d), Path(d) / kind)]
-
-
 def driving_frames(path: Path, every: int = 1, max_frames: int | None = None
                    ) -> tuple[Iterator[AnalysisImage], Names, Names, bool]:
     """(frames, folder names, names for errors, single) of an image, a folder of images or a video.
@@ -127,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     driving = Path(args.driving)
     frames, names, error_names, single = driving_frames(driving, args.every, args.max_frames)
-    reconstructor = build_reconstructor(args.backend, model_folders(args.models_dir, "smirk"),
-                                        model_folders(args.models_dir, "flame"), device=args.device)
+    reconstructor = build_reconstructor(args.backend, cli_folders(args.models_dir, "smirk"),
+                                        cli_folders(args.models_dir, "flame"), device=args.device)
     source = Retargeter(reconstructor, load_for_analysis(args.source), args.mode, args.face_index, args.region,
                         source_name=f"source '{args.source}'")
     info = {"backend": reconstructor.name, "full_head": reconstructor.head_model.full_head,

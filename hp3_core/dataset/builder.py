@@ -58,7 +58,7 @@ class BuildConfig:
         dedup_threshold: near-duplicate threshold, mean abs grey difference 0..255 of 32x32
             thumbnails (see :mod:`.dedup`; 0 turns the test off).
         second_face_ratio: a second face this large relative to the largest skips the frame.
-        backend: 3D backend ``auto|smirk|mediapipe`` (``synthetic`` for tests).
+        backend: 3D backend ``auto|smirk|ict|mediapipe``.
         smirk_dirs, flame_dirs: folders searched for ``SMIRK_em1.pt`` and the FLAME file.
         face_dirs: insightface folders (the pack in ``<folder>/models/<pack>/``).
         pack: insightface pack (``auto``, ``antelopev2``, ``buffalo_l``).

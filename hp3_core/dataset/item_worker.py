@@ -38,7 +38,7 @@ class WorkerSpec:
     Attributes:
         out: the dataset folder.
         size: side of the training image, pixels.
-        backend: the 3D backend (``auto``, ``smirk``, ``mediapipe``, ``synthetic``).
+        backend: the 3D backend (``auto``, ``smirk``, ``ict``, ``mediapipe``).
         smirk_folders, flame_folders: where the SMIRK encoder and the FLAME file are looked for.
         face_folders: insightface folders (``<folder>/models/<pack>/``).
         pack, detection: see :class:`~hp3_core.head_encoder.face_analysis.InsightFaceAnalyzer`.

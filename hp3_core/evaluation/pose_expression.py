@@ -14,7 +14,7 @@ Pose, per sample: the head rotation of each image as yaw, pitch and roll in degr
 Expression, per sample: ``expr_rmse = sqrt(mean_k (x_g[k] - x_d[k])^2)`` over the concatenated
 ``expression`` and ``jaw`` parameters. Its meaning depends on the backend (the report says which):
 
-* ``smirk``/``synthetic``: FLAME expression coefficients (50) + jaw axis-angle (3, radians);
+* ``smirk``: FLAME expression coefficients (50) + jaw axis-angle (3, radians);
 * ``ict``: the 55 ARKit-named expression weights of the ICT head (each in [0, 1]; eyelids, gaze
   and jaw are among them, ``jaw`` is zero), so the RMSE is in blendshape weight units;
 * ``mediapipe``: there are no expression coefficients: ``expression`` is the face's whole canonical
@@ -35,6 +35,7 @@ from ..head3d.face_landmarks import FaceLandmarks
 from ..head3d.params import HeadParams
 from ..head3d.reconstructor import Reconstructor, build_reconstructor
 from ..head3d.rotation import yaw_pitch_roll
+from ..model_folders import cli_folders
 
 COLUMNS = ("yaw_err", "pitch_err", "roll_err", "pose_err", "expr_rmse")
 
@@ -69,10 +70,8 @@ class PoseExpression:
     """Pose and expression errors of generated images against their drivers (module docstring)."""
 
     def __init__(self, backend: str = "auto", models_dir: Sequence[str | Path] = (), device: str = "cpu") -> None:
-        from ..commands.retarget import model_folders
-        dirs = [str(d) for d in models_dir]
         self.reconstructor: Reconstructor = build_reconstructor(
-            backend, model_folders(dirs, "smirk"), model_folders(dirs, "flame"), device=device)
+            backend, cli_folders(models_dir, "smirk"), cli_folders(models_dir, "flame"), device=device)
         self.backend = self.reconstructor.name
 
     def params(self, image: np.ndarray, face: FaceLandmarks, faces_found: int = 1) -> HeadParams:

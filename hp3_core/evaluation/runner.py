@@ -76,7 +76,7 @@ def generate_missing(protocol: Protocol, settings: GenerationSettings, samples: 
     for key, flag in (("base", "--base"), ("hp3", "--hp3"), ("clip_vision", "--clip-vision")):
         if not getattr(settings, key):
             raise HP3Error(f"protocol '{protocol.path}': generation needs '{key}' (in 'generation:' or {flag})")
-    from ..commands.generate import driving_render, encode_sources, generate_image, load_models
+    from ..generation import driving_render, encode_sources, generate_image, load_models
     models = load_models(settings.base, settings.hp3, settings.models_dir, settings.clip_vision, pack=settings.pack,
                          detection=settings.detection, backend=settings.backend, device=device)
     width, height = settings.width_height

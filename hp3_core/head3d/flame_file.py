@@ -3,7 +3,7 @@
 What a user places (all optional except the model):
 
 * ``generic_model.pkl``: FLAME 2020 from https://flame.is.tue.mpg.de (or ``generic_model.npz``
-  written by :func:`~.flame_synthetic.save_flame_npz`);
+  written by :func:`~.flame_npz.save_flame_npz`);
 * ``l_eyelid.npy`` and ``r_eyelid.npy``: SMIRK's eyelid blendshapes (``assets/`` of
   https://github.com/georgeretsi/smirk), plain ``[5023, 3]`` float arrays;
 * ``FLAME_masks.pkl``: FLAME's vertex masks (the ``face`` entry gives the face region).
@@ -21,7 +21,7 @@ checked against the bytes that are really there, and an ``.npz`` may not unpack 
 :func:`_npz_budget` of its own size, so a small file can never make the reader allocate much.
 The :class:`FlameAssets` names (``faces``, ``lbs_weights``, ``parents``) are accepted too.
 
-Writing FLAME-format files (and synthetic models for tests) is in :mod:`.flame_synthetic`.
+Writing a model as ``.npz`` is in :mod:`.flame_npz`.
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ class HeadParams:
     """A batch of B heads, in the conventions of :mod:`hp3_core.head3d`.
 
     Attributes:
-        backend: ``smirk``, ``synthetic``, ``ict`` or ``mediapipe``: which head model reads these.
+        backend: ``smirk``, ``ict`` or ``mediapipe``: which head model reads these.
             (ict: shape = 100 identity coefficients, expression = 55 ARKit weights in [0, 1].)
         shape: [B, S] identity (FLAME: shape coefficients; mediapipe: canonical face geometry).
         expression: [B, E] (FLAME: expression coefficients; mediapipe: canonical geometry whose

@@ -3,8 +3,6 @@
 Backends (one interface, :class:`Reconstructor`):
 
 * ``smirk``: SMIRK's encoder on a MediaPipe-landmark crop, FLAME 2020 head (the user's files);
-* ``synthetic``: the same code path on files the tests build (random SMIRK weights, a FLAME-format
-  file with random bases): it exercises everything without real weights and means nothing;
 * ``ict``: the embedded offline default, a full head: ICT-FaceKit Light (MIT) fitted to
   MediaPipe's landmarks (:mod:`.ict`);
 * ``mediapipe``: MediaPipe's face mesh, face only, an approximation (:mod:`.mediapipe_head`).
@@ -22,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import InputImageError, MissingModelFileError
+from ..model_folders import find_file
 from .face_landmarks import FaceLandmarks, shared_landmarker
 from .flame_file import FLAME_MODEL_NAMES as FLAME_FILES
 from .mediapipe_head import MediaPipeHeadModel, params_from_landmarks
@@ -30,7 +29,7 @@ from .render_head import HeadModel
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "smirk", "ict", "mediapipe", "synthetic")
+BACKENDS = ("auto", "smirk", "ict", "mediapipe")
 SMIRK_FILES = ("SMIRK_em1.pt",)
 WHERE_SMIRK = "github.com/georgeretsi/smirk (pretrained model SMIRK_em1.pt)"
 WHERE_FLAME = "flame.is.tue.mpg.de (FLAME 2020, generic_model.pkl; registration, non-commercial licence)"
@@ -95,15 +94,6 @@ class MediaPipeReconstructor:
     def from_landmarks(self, image: np.ndarray, face: FaceLandmarks, face_index: int,
                        faces_found: int) -> HeadParams:
         return params_from_landmarks([face], [image.shape[:2]], [face_index], [faces_found])
-
-
-def find_file(names: Sequence[str], folders: Sequence[str | Path]) -> Path | None:
-    for folder in folders:
-        for name in names:
-            path = Path(folder) / name
-            if path.is_file():
-                return path
-    return None
 
 
 def build_reconstructor(backend: str = "auto", smirk_folders: Sequence[str | Path] = (),

@@ -37,7 +37,7 @@ from .pickle_machine import (DictNode, GlobalRef, ListNode, Node, ObjectNode, Pi
                              is_scalar)
 
 FIX_MODEL = ("use the original generic_model.pkl from flame.is.tue.mpg.de or convert it to .npz "
-             "(hp3_core.head3d.flame_synthetic.save_flame_npz)")
+             "(hp3_core.head3d.flame_npz.save_flame_npz)")
 
 # numpy type strings (without byte order) an array in a FLAME file may have.
 PLAIN_DTYPES = frozenset({"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8"})

@@ -273,21 +273,3 @@ def load_smirk_encoder(path: str | Path, device: str | torch.device = "cpu") -> 
     except RuntimeError as err:  # e.g. a dtype that cannot be copied; shapes/keys were checked above
         raise SmirkWeightFileError(path, f"tensors cannot be loaded ({_one_line(err)})") from None
     return model.to(device).eval()
-
-
-def write_smirk_checkpoint(path: str | Path, encoder: SmirkEncoder, *, with_generator: bool = True) -> Path:
-    """Save ``encoder`` in SMIRK's checkpoint layout (for tests and tools).
-
-    Keys are ``smirk_encoder.<state dict key>``; with ``with_generator`` a few small dummy
-    ``smirk_generator.*`` tensors (named like SMIRK's U-Net generator) are added, as in the real file.
-    """
-    path = Path(path)
-    state: dict[str, torch.Tensor] = {ENCODER_PREFIX + k: v.detach().cpu().clone()
-                                      for k, v in encoder.state_dict().items()}
-    if with_generator:
-        state[GENERATOR_PREFIX + "encoder1.enc1conv1.weight"] = torch.zeros(32, 6, 3, 3)
-        state[GENERATOR_PREFIX + "encoder1.enc1norm1.weight"] = torch.ones(32)
-        state[GENERATOR_PREFIX + "conv.weight"] = torch.zeros(3, 32, 1, 1)
-        state[GENERATOR_PREFIX + "conv.bias"] = torch.zeros(3)
-    torch.save(state, path)
-    return path

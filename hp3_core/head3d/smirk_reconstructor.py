@@ -1,4 +1,4 @@
-"""The ``smirk`` (and ``synthetic``) backend: SMIRK's encoder on a landmark crop, FLAME 2020 head.
+"""The ``smirk`` backend: SMIRK's encoder on a landmark crop, FLAME 2020 head.
 
 MediaPipe finds the face and its landmarks; SMIRK's crop (scale 1.4, 224x224) feeds the three
 MobileNetV3 encoders, which give FLAME's shape (300), expression (50), eyelids (2), jaw (3), head

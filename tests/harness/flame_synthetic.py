@@ -1,9 +1,9 @@
-"""Writing FLAME-format files, mainly synthetic ones with random bases for tests and benchmarks.
+"""Synthetic FLAME-format files for tests: a FLAME-shaped head with random bases.
 
-:func:`save_flame_npz` writes a model as a FLAME-style ``.npz`` and :func:`write_flame_pickle` in
-the layout of FLAME's Python-2 ``generic_model.pkl`` (without chumpy or scipy).
-:func:`make_synthetic_flame` builds a FLAME-shaped head with random bases, and
-:func:`write_synthetic_flame` writes it with SMIRK's eyelid files and FLAME's vertex masks.
+:func:`write_flame_pickle` writes fields in the layout of FLAME's Python-2 ``generic_model.pkl``
+(without chumpy or scipy), :func:`make_synthetic_flame` builds a FLAME-shaped head with random
+bases, and :func:`write_synthetic_flame` writes it with SMIRK's eyelid files and FLAME's vertex
+masks. The ``.npz`` writer users need too is the core's :mod:`hp3_core.head3d.flame_npz`.
 """
 from __future__ import annotations
 
@@ -17,44 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .flame_file import EYELID_NAMES, FLAME_N_SHAPE, FLAME_NUM_JOINTS, MASKS_NAME, FlameAssets
-
-
-def flame_fields(assets: FlameAssets, extras: bool = True) -> dict[str, np.ndarray]:
-    """The FLAME-named fields of ``assets`` (posedirs in FLAME's [V, 3, P] layout).
-
-    Args:
-        extras: also ``l_eyelid``/``r_eyelid``/``face_vertex_ids`` when the assets have them.
-    """
-    n_v, n_j = assets.num_vertices, assets.num_joints
-    kintree = np.stack([assets.parents, np.arange(n_j)]).astype(np.int64)
-    kintree[0, 0] = 2**32 - 1  # as in FLAME's file
-    fields = {
-        "v_template": assets.v_template,
-        "shapedirs": assets.shapedirs,
-        "posedirs": assets.posedirs.T.reshape(n_v, 3, -1),
-        "J_regressor": assets.J_regressor,
-        "kintree_table": kintree,
-        "weights": assets.lbs_weights,
-        "f": assets.faces.astype(np.uint32),
-        "J": assets.J_regressor @ assets.v_template,
-    }
-    if assets.n_shape != min(FLAME_N_SHAPE, assets.shapedirs.shape[2]):
-        fields["n_shape"] = np.asarray(assets.n_shape, np.int64)
-    if extras and assets.eyelids is not None:
-        fields["l_eyelid"], fields["r_eyelid"] = assets.eyelids[0], assets.eyelids[1]
-    if extras and assets.face_vertex_ids is not None:
-        fields["face_vertex_ids"] = assets.face_vertex_ids
-    return fields
-
-
-def save_flame_npz(assets: FlameAssets, path: str | Path, extras: bool = True) -> Path:
-    """Write ``assets`` as a FLAME-style ``.npz`` (no pickled objects; see :func:`flame_fields`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as fh:
-        np.savez(fh, **flame_fields(assets, extras))
-    return path
+from hp3_core.head3d.flame_file import EYELID_NAMES, FLAME_N_SHAPE, FLAME_NUM_JOINTS, MASKS_NAME, FlameAssets
+from hp3_core.benchmarks.meshes import uv_sphere
+from hp3_core.head3d.flame_npz import flame_fields
 
 
 class _Py2PickleWriter:
@@ -211,33 +176,6 @@ def _smoothstep(lo: float, hi: float, x: np.ndarray) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
-def _uv_sphere(n_lat: int, n_lon: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unit sphere with y as the polar axis: ``n_lat`` rings of ``n_lon`` vertices and two poles.
-
-    Returns vertices [n_lat * n_lon + 2, 3] (top pole first, bottom pole last) and outward,
-    counter-clockwise faces [2 * n_lat * n_lon, 3].
-    """
-    theta = np.pi * np.arange(1, n_lat + 1) / (n_lat + 1)
-    phi = 2.0 * np.pi * np.arange(n_lon) / n_lon
-    st, ct = np.sin(theta)[:, None], np.cos(theta)[:, None]
-    ring = np.stack([st * np.sin(phi), np.broadcast_to(ct, (n_lat, n_lon)), st * np.cos(phi)], -1)
-    verts = np.concatenate([[[0.0, 1.0, 0.0]], ring.reshape(-1, 3), [[0.0, -1.0, 0.0]]])
-    idx = 1 + np.arange(n_lat * n_lon).reshape(n_lat, n_lon)
-    nxt = np.roll(idx, -1, axis=1)
-    top, bottom = 0, n_lat * n_lon + 1
-    faces = [np.stack([np.full(n_lon, top), idx[0], nxt[0]], -1)]
-    for i in range(n_lat - 1):
-        a, b, c, d = idx[i], nxt[i], idx[i + 1], nxt[i + 1]
-        faces += [np.stack([a, c, b], -1), np.stack([b, c, d], -1)]
-    faces.append(np.stack([np.full(n_lon, bottom), nxt[-1], idx[-1]], -1))
-    faces_arr = np.concatenate(faces).astype(np.int64)
-    # Make the winding outward (positive signed volume).
-    tri = verts[faces_arr]
-    if np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() < 0:
-        faces_arr = faces_arr[:, ::-1].copy()
-    return verts, faces_arr
-
-
 def _smooth_field(rng: np.random.Generator, points: np.ndarray, n_out: int,
                   n_features: int = 24) -> np.ndarray:
     """Random smooth vector fields: [N, 3, n_out], unit-ish amplitude, wavelength ~ 0.1 m."""
@@ -285,11 +223,11 @@ def make_synthetic_flame(n_vertices: int = 1200, n_shape: int = FLAME_N_SHAPE,
     n_head = max(n_vertices - 2 * n_eye, 8 * 3 + 2)
     n_lon = max(8, int(round(math.sqrt(2.0 * (n_head - 2)))))
     n_lat = max(3, int(round((n_head - 2) / n_lon)))
-    unit, head_faces = _uv_sphere(n_lat, n_lon)
+    unit, head_faces = uv_sphere(n_lat, n_lon)
     narrow = 1.0 - 0.4 * _smoothstep(0.3, 0.75, -unit[:, 1])
     head = unit * _SYN_RADII * np.stack([narrow, np.ones_like(narrow), narrow], -1)
     joints = _synthetic_joints()
-    eye_unit, eye_faces = _uv_sphere(n_eye_lat, n_eye_lon)
+    eye_unit, eye_faces = uv_sphere(n_eye_lat, n_eye_lon)
     eyes = [joints[3] + _SYN_EYE_RADIUS * eye_unit, joints[4] + _SYN_EYE_RADIUS * eye_unit]
     v_template = np.concatenate([head, *eyes])
     nh = head.shape[0]
