@@ -42,7 +42,8 @@ strace:
 # `make test` fails when either does. The second run lists every test id ([comfy2025]) at its end.
 HOST2025_TESTS := tests/test_node_surface.py tests/test_comfy_inprocess.py tests/test_comfy_workflow.py \
 	tests/test_hp3_comfy.py tests/test_hp3_comfy_sdxl.py tests/test_hp3_memory.py tests/test_server.py \
-	tests/test_hp3_server.py tests/test_workflows_run.py tests/test_templates.py tests/test_browser.py
+	tests/test_hp3_server.py tests/test_workflows_run.py tests/test_templates.py tests/test_browser.py \
+	tests/test_peer_interop.py
 
 test: venv browser strace
 	@rc=0; \
