@@ -40,10 +40,16 @@ strace:
 # exactness and memory, server, workflows through /prompt, templates, browser); everything runs on
 # the 2024 host. One host per pytest process (both define `comfy` and `nodes`): two runs, and
 # `make test` fails when either does. The second run lists every test id ([comfy2025]) at its end.
+# Of tests/test_hp3_comfy.py (the 2024 host runs all of it) the exactness and host-protocol tests.
+HOST2025_PATCH_TESTS := test_zero_connector_keeps_the_sampled_output_exactly \
+	test_zero_connector_keeps_the_noise_prediction_exactly test_uncond_rows_get_no_head_conditions \
+	test_strength_zero_is_the_base_model test_clones_stay_isolated test_patch_objects_follow_the_host_protocol \
+	test_hp3_chains_a_wrapper_installed_before_it test_two_nodes_and_all_in_one_give_identical_samples \
+	test_core_controlnet_still_works_on_the_same_model
 HOST2025_TESTS := tests/test_node_surface.py tests/test_comfy_inprocess.py tests/test_comfy_workflow.py \
-	tests/test_hp3_comfy.py tests/test_hp3_comfy_sdxl.py tests/test_hp3_memory.py tests/test_server.py \
-	tests/test_hp3_server.py tests/test_workflows_run.py tests/test_templates.py tests/test_browser.py \
-	tests/test_peer_interop.py
+	tests/test_hp3_memory.py tests/test_hp3_comfy_sdxl.py $(addprefix tests/test_hp3_comfy.py::,$(HOST2025_PATCH_TESTS)) \
+	tests/test_server.py tests/test_hp3_server.py tests/test_workflows_run.py tests/test_templates.py \
+	tests/test_browser.py tests/test_peer_interop.py
 
 test: venv browser strace
 	@rc=0; \

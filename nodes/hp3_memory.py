@@ -55,14 +55,31 @@ def hp3_patcher(hp3_model: torch.nn.Module, dtype: torch.dtype, load_device: tor
     if dtype == torch.float32:
         model = hp3_model
     else:
-        with torch.no_grad():
-            model = copy.deepcopy(hp3_model).to(device=offload_device, dtype=dtype)
+        model = _cast_copy(hp3_model, dtype, offload_device)
         log.info("HP3: the UNet computes in %s; HP3 runs in a %s copy of its weights", dtype, dtype)
     model.eval()
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
     patcher.hp3_source = hp3_model
     _PATCHERS[key] = patcher
     return patcher
+
+
+# What a host's ModelPatcher writes onto the modules it manages: a copy must start without them,
+# or its own patcher would take the copy for loaded (or patched) already.
+_HOST_BOOKKEEPING = ("model_loaded_weight_memory", "lowvram_patch_counter", "model_lowvram",
+                     "current_weight_patches_uuid", "device", "model_offload_buffer_memory",
+                     "comfy_patched_weights", "comfy_cast_weights", "prev_comfy_cast_weights",
+                     "weight_function", "bias_function")
+
+
+def _cast_copy(model: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    """A copy of ``model`` in ``dtype`` on ``device``, free of host bookkeeping attributes."""
+    with torch.no_grad():
+        clone = copy.deepcopy(model).to(device=device, dtype=dtype)
+    for module in clone.modules():
+        for attr in _HOST_BOOKKEEPING:
+            module.__dict__.pop(attr, None)
+    return clone
 
 
 def host_loads_patch_models() -> bool:

@@ -131,8 +131,12 @@ def host_info(comfy_server) -> dict:
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
 def test_every_workflow_gives_every_required_input_on_the_host(host_info, path):
     """Against the host's own /object_info: each required input is given (a link or a value)
-    and each dropdown value of an HP3 node is one the host offers."""
-    prompt = ui_to_api(json.loads(path.read_text()), host_info)
+    and each fixed dropdown value of an HP3 node (not a file name) is one the host offers."""
+    workflow = json.loads(path.read_text())
+    absent = sorted({n["type"] for n in workflow["nodes"]} - set(host_info) - {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"})
+    if absent:  # a workflow for HP3 beside another pack (its own tests install that pack)
+        pytest.skip(f"{path.name} needs node types this host does not have: {', '.join(absent)}")
+    prompt = ui_to_api(workflow, host_info)
     assert prompt
     for key, node in prompt.items():
         info = host_info[node["class_type"]]
@@ -140,7 +144,8 @@ def test_every_workflow_gives_every_required_input_on_the_host(host_info, path):
             assert name in node["inputs"], f"{path.name}: {node['class_type']} (node {key}) misses '{name}'"
             options = combo_options(spec)
             value = node["inputs"][name]
-            if options and node["class_type"].startswith("HP3") and not isinstance(value, list):
+            is_file = isinstance(value, str) and "." in value  # model files differ per machine
+            if options and node["class_type"].startswith("HP3") and not isinstance(value, list) and not is_file:
                 assert value in options, f"{path.name}: {node['class_type']}.{name} = {value!r}"
 
 

@@ -536,7 +536,7 @@ def test_core_controlnet_still_works_on_the_same_model(comfy, tiny_model, patch_
                                      dtype=torch.float32, **config)
     init_parameters(net, seed=5)  # non-zero "zero convs": the ControlNet visibly acts
     cpu = torch.device("cpu")
-    control = controlnet.ControlNet(net, device=cpu, load_device=cpu)
+    control = controlnet.ControlNet(net, load_device=cpu)  # no device= on the 2025 host
     hint = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(9))
     (positive,) = comfy.nodes.NODE_CLASS_MAPPINGS["ControlNetApply"]().apply_controlnet(
         make_conditioning(2, seed=1), control, hint, 1.0)

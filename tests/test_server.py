@@ -24,7 +24,9 @@ def test_object_info_lists_the_pack_without_import_failure(comfy_server):
     assert {"tiny_sd15.safetensors", "tiny_sdxl.safetensors"} <= set(
         info["HP3ModelLoader"]["input"]["required"]["hp3_name"][0])
     log = comfy_server.log_path.read_text()
-    assert "Cannot import" not in log and "ComfyUI-HP3" in log
+    # The 2025 host logs "Cannot import" for its own audio nodes (no torchaudio): only HP3's count.
+    assert not [line for line in log.splitlines() if "Cannot import" in line and "HP3" in line]
+    assert "IMPORT FAILED" not in "\n".join(l for l in log.splitlines() if "HP3" in l) and "ComfyUI-HP3" in log
 
 
 def _info_graph(comfy_server, name):

@@ -58,12 +58,17 @@ async (wf) => {
 """
 
 
-# Requests the 2024 UI makes on every start whose 404 is normal (files a user may add).
-_EXPECTED_MISSES = ("/favicon.ico",)
+# Requests the UIs make on every start whose 404 is normal (files a user may add): the 2024 UI's
+# favicon; the 2025 frontend's user files and folders (/user.css, /api/userdata/user.css,
+# comfy.templates.json, the listings of userdata workflows/ and subgraphs/), absent for a new user.
+_EXPECTED_MISSES = ("/favicon.ico", "/user.css")
+_EXPECTED_MISS_PREFIXES = ("/api/userdata",)
 
 
 def _expected_miss(url: str) -> bool:
-    return url.split("?")[0].endswith(_EXPECTED_MISSES)
+    from urllib.parse import urlsplit
+    path = urlsplit(url).path
+    return path.endswith(_EXPECTED_MISSES) or path.startswith(_EXPECTED_MISS_PREFIXES)
 
 
 class ComfyBrowser:

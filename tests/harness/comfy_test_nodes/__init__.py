@@ -264,6 +264,11 @@ class TinyUpscaler(torch.nn.Module):
             self.mix.weight.copy_(torch.eye(3).view(3, 3, 1, 1) + 0.05 * torch.randn(3, 3, 1, 1, generator=gen))
             self.mix.bias.zero_()
 
+    @property
+    def model(self) -> torch.nn.Module:
+        """The 2025 host's ImageUpscaleWithModel sizes ``upscale_model.model`` (spandrel's layout)."""
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mix(torch.nn.functional.interpolate(x, scale_factor=self.scale, mode="nearest"))
 
