@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from .apply_checks import device_of
 from .connector import ActiveConditions, enter_active, leave_active
 from .diffusers_patch import installed, sdxl_added_cond
 from .errors import HP3Error
@@ -103,7 +104,7 @@ class HP3Pipeline:
             if not hasattr(head_tokens, "id_embeds"):
                 raise HP3Error(f"head_tokens must be a [N, D] tensor or HeadFeatures, got {type(head_tokens).__name__}")
             with torch.no_grad():
-                head_tokens = self.hp3.head_tokens(head_tokens.to(_device_of(self.hp3)))
+                head_tokens = self.hp3.head_tokens(head_tokens.to(device_of(self.hp3)))
         if head_tokens.dim() != 2:
             raise HP3Error(f"head_tokens must be [N, D], got shape {list(head_tokens.shape)}")
         enc = self.hp3.config.encoder
@@ -200,10 +201,6 @@ class _RunState:
         self.strength, self.start, self.end = strength, start, end
         self.calls = 0
         self.token = None
-
-
-def _device_of(module) -> torch.device:
-    return next(module.parameters()).device
 
 
 def _dtype_of(module) -> torch.dtype:

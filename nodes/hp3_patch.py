@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import math
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,8 +47,10 @@ import torch
 
 from ..hp3_core import connector as hp3_connector
 from ..hp3_core.connector import ModulatedGroupNorm
+from ..hp3_core.apply_checks import (check_connector_finite, check_finite_number, check_head_finite, device_of,
+                                     stack_renders, warn_if_other_backend)
 from ..hp3_core.errors import HP3Error
-from ..hp3_core.hint import center_resize, conditions_for_rows, hint_frames
+from ..hp3_core.hint import conditions_for_rows, hint_frames
 from ..hp3_core.weights import check_family
 from .hp3_memory import compute_dtype, ensure_loaded, host_loads_patch_models, hp3_patcher, model_device
 from .model_family import model_family
@@ -77,13 +78,9 @@ def unwrap_hp3_model(obj: Any) -> tuple[Any, str, dict]:
                    f"connect 'Load HP3 Model' to it")
 
 
-def _device_of(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
 def _to_device(model: torch.nn.Module, device: torch.device) -> None:
     """Move the shared HP3 model to ``device`` (weights stay shared between clones)."""
-    if _device_of(model) != torch.device(device):
+    if device_of(model) != torch.device(device):
         model.to(device)
 
 
@@ -124,16 +121,7 @@ def _renders(head3d: Any) -> torch.Tensor:
     if not maps:
         raise HP3Error("the head3d input holds no rendered frames: connect 'HP3 3D Head Retarget' "
                        "with at least one driving image")
-    frames = [torch.as_tensor(m.shaded).float().cpu() for m in maps]
-    h, w = frames[0].shape[1:3]
-    out = []
-    for f in frames:
-        if f.ndim != 4 or f.shape[-1] != 3:
-            raise HP3Error(f"a shaded render must be [1, H, W, 3], got {list(f.shape)}")
-        if tuple(f.shape[1:3]) != (h, w):  # driving frames of other sizes: to the first's size
-            f = center_resize(f.movedim(-1, 1), w, h).movedim(1, -1)
-        out.append(f)
-    return torch.cat(out).contiguous()
+    return stack_renders([m.shaded for m in maps])
 
 
 def make_conditions(hp3_model: Any, head: Any, head3d: Any, strength: float = 1.0,
@@ -144,66 +132,30 @@ def make_conditions(hp3_model: Any, head: Any, head3d: Any, strength: float = 1.
         raise HP3Error("no head is connected: connect 'HP3 Head Encode' to the head input")
     if head3d is None:
         raise HP3Error("no 3D head is connected: connect 'HP3 3D Head Retarget' to the head3d input")
-    _check_finite_number("strength", strength)
-    _check_finite_number("start_percent", start_percent)
-    _check_finite_number("end_percent", end_percent)
+    check_finite_number("strength", strength)
+    check_finite_number("start_percent", start_percent)
+    check_finite_number("end_percent", end_percent)
     if strength < 0:
         raise HP3Error(f"HP3 input 'strength' must be 0 or more (0 = no change), got {strength}")
     if not 0.0 <= start_percent <= end_percent <= 1.0:
         raise HP3Error(f"HP3 start_percent ({start_percent}) must not exceed end_percent ({end_percent}); "
                        f"both are between 0 and 1")
-    _check_head_finite(head)
-    _check_connector_finite(model, path)
+    check_head_finite(head)
+    check_connector_finite(model, path)
     with torch.no_grad():
-        device = _device_of(model.encoder)
+        device = device_of(model.encoder)
         features = head.to(device) if hasattr(head, "to") else head
         tokens = model.head_tokens(features).detach()
     if not torch.isfinite(tokens).all():
         raise HP3Error(f"the head tokens of HP3 weights '{path}' are not finite (NaN/inf): the weights or "
                        f"the head features are damaged; re-encode the head or re-download the weights")
     renders = _renders(head3d)
-    if not torch.isfinite(renders).all():
-        raise HP3Error("the 3D head renders contain NaN/inf values; re-run HP3 3D Head Retarget")
     backend = str(getattr(head3d, "backend", "?"))
-    trained = getattr(model.config, "render_backend", None)
-    if trained is not None and backend != trained:
-        log.warning("HP3: the 3D renders come from the '%s' backend but the HP3 weights '%s' were trained "
-                    "with '%s' renders; results may be weaker (use the %s reconstructor)",
-                    backend, path, trained, trained)
+    warn_if_other_backend(getattr(model.config, "render_backend", None), backend, path)
     return HP3Conditions(model=model, tokens=tokens, renders=renders, strength=float(strength),
                          start_percent=float(start_percent), end_percent=float(end_percent),
                          backend=backend, full_head=bool(getattr(head3d, "full_head", True)),
                          weights_path=path)
-
-
-def _check_finite_number(name: str, value: Any) -> None:
-    """Refuse NaN/inf (or a non-number) in a numeric node input, naming the input."""
-    try:
-        ok = math.isfinite(float(value))
-    except (TypeError, ValueError):
-        raise HP3Error(f"HP3 input '{name}' must be a number, got {value!r}") from None
-    if not ok:
-        raise HP3Error(f"HP3 input '{name}' is {value} (not finite); set a number in its widget's range")
-
-
-def _check_head_finite(head: Any) -> None:
-    """The head's feature tensors must be finite (a NaN here would reach every sampling step)."""
-    for name in ("id_embeds", "clip_hidden", "tokens"):
-        t = getattr(head, name, None)
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
-            raise HP3Error(f"the head input's {name} contains NaN/inf values; re-run HP3 Head Encode "
-                           f"(or re-create the saved head file)")
-
-
-def _check_connector_finite(model: Any, path: str) -> None:
-    """NaN/inf connector weights would make even the unconditional rows NaN (0 * NaN = NaN).
-
-    The connector is small (one check per Apply); the controller's output is checked every step.
-    """
-    for name, p in model.connector.named_parameters():
-        if not torch.isfinite(p).all():
-            raise HP3Error(f"the HP3 weights '{path}' hold NaN/inf values in connector.{name}; "
-                           f"the file is damaged: re-download or re-export it")
 
 
 @dataclass(frozen=True, eq=False)
