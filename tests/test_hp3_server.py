@@ -100,7 +100,9 @@ def test_test_nodes_are_loaded_beside_the_pack(hp3_server):
     for name in ("HP3TestTinyModel", "HP3TestConditioning", "HP3TestLoadHead", "HP3TestLatentPreview"):
         assert info[name]["category"] == "HP3 tests"
     assert "HP3Apply" in info and "tiny_sd15_trained.safetensors" in info["HP3ModelLoader"]["input"]["required"]["hp3_name"][0]
-    assert "IMPORT FAILED" not in hp3_server.server.log_path.read_text()
+    # The 2025 host reports its own audio nodes (no torchaudio) as IMPORT FAILED: only packs count.
+    failed = [line for line in hp3_server.server.log_path.read_text().splitlines() if "IMPORT FAILED" in line]
+    assert all("nodes_audio" in line for line in failed), failed
 
 
 def test_sampling_through_prompt_with_hp3(hp3_server):

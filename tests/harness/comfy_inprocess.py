@@ -9,6 +9,7 @@ exactly as the server does: the 2024 host registers it under the folder name ``C
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib
 import inspect
 import sys
@@ -53,7 +54,15 @@ def loaded_pack(pack_path: Path) -> ModuleType | None:
 def load_custom_node(comfy_nodes: ModuleType, pack_path: Path) -> bool:
     """The host's ``load_custom_node`` (a coroutine on the 2025 host, a plain call in 2024)."""
     result = comfy_nodes.load_custom_node(str(pack_path))
-    return asyncio.run(result) if inspect.iscoroutine(result) else result
+    if not inspect.iscoroutine(result):
+        return result
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(result)
+    # An event loop already runs in this thread (Playwright's sync API keeps one): use another.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, result).result()
 
 
 def load_host(host_dir: Path, name: str = "comfy2024") -> ComfyHost:
