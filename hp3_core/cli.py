@@ -94,10 +94,13 @@ class NativeStderr:
         os.close(devnull)
         if self._thread is not None:
             self._thread.join(timeout=2.0)
-        if last_line:
-            os.write(self._saved, last_line.encode("utf-8", "backslashreplace"))
-        if restore:
+        if restore:  # through sys.stderr, so in-process callers (pytest's capsys) see it
             os.dup2(self._saved, 2)
+            if last_line:
+                sys.stderr.write(last_line)
+                sys.stderr.flush()
+        elif last_line:
+            os.write(self._saved, last_line.encode("utf-8", "backslashreplace"))
         os.close(self._saved)
         self._saved = None
 
@@ -118,8 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, restore_stderr: bool = False) -> int:
-    """Run one command; returns the exit status. ``restore_stderr``: see :meth:`NativeStderr.finish`."""
+def main(argv: Sequence[str] | None = None, restore_stderr: bool | None = None) -> int:
+    """Run one command; returns the exit status.
+
+    ``restore_stderr`` (see :meth:`NativeStderr.finish`): by default True when ``argv`` is given
+    (a caller running commands in its own process), False for the command line itself.
+    """
+    if restore_stderr is None:
+        restore_stderr = argv is not None
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,

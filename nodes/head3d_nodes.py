@@ -5,9 +5,8 @@ import torch
 
 from ..hp3_core.head3d.reconstructor import BACKENDS, FLAME_FILES, SMIRK_FILES, build_reconstructor, find_file
 from ..hp3_core.head3d.retarget import RetargetMode
-from ..hp3_core.errors import HP3Error
 from ..hp3_core.head3d.retarget_images import check_face_index, check_smoothing, retarget_images
-from . import model_folders
+from . import input_checks, model_folders
 from .previews import preview_ui
 from .progress import frame_callback
 
@@ -41,10 +40,8 @@ class HP3ReconstructorLoader:
         return ":".join([backend, device] + [f"{p}@{p.stat().st_mtime_ns}" if p else "-" for p in found])
 
     def load(self, backend: str, device: str):
-        if backend not in BACKENDS:
-            raise HP3Error(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        if device not in ("cpu", "gpu"):
-            raise HP3Error(f"device must be 'cpu' or 'gpu', got {device!r}")
+        input_checks.choice("backend", backend, BACKENDS)
+        input_checks.choice("device", device, ("cpu", "gpu"))
         import comfy.model_management
         dev = "cpu" if device == "cpu" else str(comfy.model_management.get_torch_device())
         return (build_reconstructor(backend, model_folders.folders("smirk"), model_folders.folders("flame"), dev),)
@@ -116,18 +113,10 @@ class HP3HeadRetarget:
 
 def check_inputs(reconstructor, source, driving, mode: str, region: str, missing_face: str) -> None:
     """The retarget node's inputs, each failure an HP3Error naming the input and the fix."""
-    if not hasattr(reconstructor, "from_landmarks") or not hasattr(reconstructor, "head_model"):
-        raise HP3Error("reconstructor: connect 'Load HP3 3D Reconstructor' to this input")
-    for name, images in (("source", source), ("driving", driving)):
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-            shape = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise HP3Error(f"{name}: expected an IMAGE batch [B, H, W, 3], got {shape}; connect a Load Image "
-                           f"(or video) node")
-        if images.shape[0] == 0 or images.shape[1] < 1 or images.shape[2] < 1:
-            raise HP3Error(f"{name}: the IMAGE batch is empty ({list(images.shape)}); connect at least one image")
-    if mode not in [m.value for m in RetargetMode]:
-        raise HP3Error(f"mode must be one of {', '.join(m.value for m in RetargetMode)}, got {mode!r}")
-    if region not in ("head", "face"):
-        raise HP3Error(f"region must be 'head' or 'face', got {region!r}")
-    if missing_face not in ("error", "blank maps"):
-        raise HP3Error(f"missing_face must be 'error' or 'blank maps', got {missing_face!r}")
+    input_checks.connected("reconstructor", reconstructor, ("from_landmarks", "head_model"),
+                           "Load HP3 3D Reconstructor")
+    input_checks.image_batch("source", source)
+    input_checks.image_batch("driving", driving)
+    input_checks.choice("mode", mode, [m.value for m in RetargetMode])
+    input_checks.choice("region", region, ("head", "face"))
+    input_checks.choice("missing_face", missing_face, ("error", "blank maps"))

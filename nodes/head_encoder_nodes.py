@@ -10,7 +10,7 @@ from ..hp3_core.head_encoder.face_analysis import PACK_CHOICES, PROVIDERS
 from ..hp3_core.head_encoder.identity import ALL_DETECTIONS, IDENTITY_CHOICES, identity_analyzer_cache
 from ..hp3_core.head_encoder.head_crop import HEAD_SCALE
 from ..hp3_core.image_io import comfy_to_numpy
-from . import model_folders
+from . import input_checks, model_folders
 from .previews import preview_ui
 from .progress import frame_callback
 
@@ -46,6 +46,10 @@ class HP3FaceAnalysisLoader:
         }}
 
     def load(self, pack: str, provider: str, detection: str, identity: str = "auto"):
+        input_checks.choice("pack", pack, tuple(PACK_CHOICES))
+        input_checks.choice("provider", provider, tuple(PROVIDERS))
+        input_checks.choice("detection", detection, tuple(ALL_DETECTIONS))
+        input_checks.choice("identity", identity, tuple(IDENTITY_CHOICES))
         return (identity_analyzer_cache.get(identity, model_folders.folders("insightface"), _dlib_folders(),
                                             pack=pack, providers=provider, detection=detection),)
 
@@ -89,6 +93,12 @@ class HP3HeadEncode:
         }}
 
     def encode(self, face_analysis, clip_vision, image: torch.Tensor, face_index: int, crop_scale: float):
+        input_checks.connected("face_analysis", face_analysis, ("analyze",), "Load HP3 Face Analysis")
+        input_checks.connected("clip_vision", clip_vision, ("encode_image",), "Load CLIP Vision")
+        input_checks.image_batch("image", image)
+        face_index = input_checks.whole("face_index", face_index, 0, 16, "0 = the largest face")
+        crop_scale = input_checks.number("crop_scale", crop_scale, 1.2, 4.0,
+                                         f"head crop side / face box side; {HEAD_SCALE} keeps hair and head shape")
         images = comfy_to_numpy(image)
         names = [f"source image {i}" if len(images) > 1 else "the source image" for i in range(len(images))]
 

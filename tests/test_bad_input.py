@@ -248,3 +248,30 @@ def test_node_inputs_give_hp3_errors_naming_the_input(retarget_node, assets):
         _call(node, None, image, image)
     with pytest.raises(errors.HP3Error, match="backend"):
         m["HP3ReconstructorLoader"]().load("nonsense", "cpu")
+
+
+def test_head_encode_and_face_analysis_inputs_are_checked(comfy):
+    m = comfy.nodes.NODE_CLASS_MAPPINGS
+    errors = pytest.importorskip("ComfyUI-HP3.hp3_core.errors")
+
+    class Analyzer:  # stands in for a loaded face analysis; never reached
+        def analyze(self, *a, **k):
+            raise AssertionError("inputs are checked before any analysis")
+
+    class Clip:
+        def encode_image(self, *a, **k):
+            raise AssertionError("inputs are checked before any encoding")
+
+    image = torch.rand(1, 64, 64, 3)
+    encode = m["HP3HeadEncode"]().encode
+    cases = [((Analyzer(), Clip(), image[:0], 0, 2.2), "image: the IMAGE batch is empty"),
+             ((Analyzer(), Clip(), image, -1, 2.2), "face_index must be a whole number"),
+             ((Analyzer(), Clip(), image, 0, 0.0), "crop_scale must be a number from 1.2 to 4"),
+             ((Analyzer(), Clip(), image, 0, float("inf")), "crop_scale"),
+             ((None, Clip(), image, 0, 2.2), "face_analysis: connect 'Load HP3 Face Analysis'"),
+             ((Analyzer(), object(), image, 0, 2.2), "clip_vision: connect")]
+    for args, message in cases:
+        with pytest.raises(errors.HP3Error, match=message):
+            encode(*args)
+    with pytest.raises(errors.HP3Error, match="provider must be one of"):
+        m["HP3FaceAnalysisLoader"]().load("auto", "tpu", "insightface")

@@ -66,7 +66,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     checks.input_folder("--input", args.input)
     for option in ("--smirk-dir", "--flame-dir", "--models-dir", "--dlib-dir"):
         for folder in getattr(args, option[2:].replace("-", "_"), None) or []:
-            checks.input_folder(option, folder)
+            checks.search_folder(option, folder)
     checks.whole("--size", args.size, 64, 4096, meaning="side of the square training images, pixels")
     checks.number("--fps", args.fps, 0.0, 240.0, low_open=True, meaning="video frames sampled per second")
     checks.whole("--max-frames-per-video", args.max_frames_per_video, 1, meaning="leave it out for no limit")

@@ -80,6 +80,15 @@ def input_folder(option: str, path: str | Path) -> Path:
     return p
 
 
+def search_folder(option: str, path: str | Path) -> Path:
+    """A folder searched for model files: it may be missing (the missing-file error lists every
+    folder searched), but an existing file there is a mistake."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise HP3Error(f"{option} '{p}' is a file; give the folder that holds the model files")
+    return p
+
+
 def input_path(option: str, path: str | Path) -> Path:
     """An existing file or folder."""
     p = Path(path)

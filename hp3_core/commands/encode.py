@@ -47,9 +47,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     for path in args.source:
         checks.input_file("--source", path)
     for folder in args.models_dir:
-        checks.input_folder("--models-dir", folder)
+        checks.search_folder("--models-dir", folder)
     for folder in args.dlib_dir:
-        checks.input_folder("--dlib-dir", folder)
+        checks.search_folder("--dlib-dir", folder)
     checks.input_path("--clip-vision", args.clip_vision)
     if args.hp3:
         checks.input_file("--hp3", args.hp3, (".safetensors",))

@@ -63,16 +63,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     checks.input_file("--protocol", args.protocol, (".yaml", ".yml", ".json"))
     if args.data_root is not None:
         checks.input_folder("--data-root", args.data_root)
-    for option in ("--base", "--clip", "--head-clip", "--fid-reference", "--clip-vision"):
-        value = getattr(args, option[2:].replace("-", "_"))
-        if value is not None:
-            checks.input_path(option, value)
-    for option in ("--hp3", "--second-recognizer", "--fid-weights"):
-        value = getattr(args, option[2:].replace("-", "_"))
-        if value is not None:
-            checks.input_file(option, value)
+    # Metric model paths are not checked: a metric whose files are missing is skipped with a note.
     for folder in args.models_dir or []:
-        checks.input_folder("--models-dir", folder)
+        checks.search_folder("--models-dir", folder)
     checks.whole("--steps", args.steps, 1, 1000, meaning="sampling steps; 20-50 is typical")
     checks.whole("--seed", args.seed, 0, 2 ** 64 - 1)
     checks.device("--device", args.device)

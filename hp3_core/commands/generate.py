@@ -49,14 +49,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Every option checked before any model loads (one-line errors naming the option and the fix)."""
-    checks.input_folder("--base", args.base)
+    if not Path(args.base).is_dir():
+        raise HP3Error(f"--base '{args.base}' is not a diffusers pipeline folder (no such folder); give a local "
+                       f"folder with model_index.json")
     checks.input_file("--hp3", args.hp3, (".safetensors",))
     for path in args.source:
         checks.input_file("--source", path)
     checks.input_file("--driving", args.driving)
     checks.input_path("--clip-vision", args.clip_vision)
     for folder in args.models_dir:
-        checks.input_folder("--models-dir", folder)
+        checks.search_folder("--models-dir", folder)
     checks.whole("--steps", args.steps, 1, 1000, meaning="sampling steps; 20-50 is typical")
     checks.number("--guidance", args.guidance, 0.0, 100.0, meaning="classifier-free guidance; 5-9 is typical")
     checks.whole("--seed", args.seed, 0, 2 ** 64 - 1)

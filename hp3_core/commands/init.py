@@ -52,7 +52,7 @@ def build_config(unet_state, family: str, clip_width: int = 1024, backend: str =
 
 def run(args: argparse.Namespace) -> int:
     from ..hp3_model import HP3Model
-    base = checks.input_file("--base", args.base, (".safetensors",))
+    base = checks.input_file("--base", args.base)  # a pickle .ckpt gets its own message below
     checks.whole("--seed", args.seed, 0, 2 ** 64 - 1)
     out = checks.output_file("--out", args.out, (".safetensors",))
     if out.resolve() == base.resolve():

@@ -122,14 +122,26 @@ class FrameMaps:
     driving: HeadParams | None = None
     missing: str | None = None
 
-    def full(self) -> RenderedMaps:
-        """The four maps at the frame's full size (float32, batch 1): upsampled when rendered smaller."""
+    def full(self, into: RenderedMaps | None = None) -> RenderedMaps:
+        """The four maps at the frame's full size (float32, batch 1): upsampled when rendered smaller.
+
+        Args:
+            into: CPU float32 maps of that size (e.g. views of a batch) to write into, so no
+                second full-size copy is made; returned filled.
+        """
         if self.maps is None:
-            return blank_maps(*self.size)
-        if tuple(self.maps.mask.shape[1:]) == tuple(self.size):
-            return self.maps
-        return RenderedMaps(**{k: _upsample_float(getattr(self.maps, k), self.size, k == "mask")
-                               for k in MAP_NAMES})
+            maps = blank_maps(*self.size)
+        elif tuple(self.maps.mask.shape[1:]) == tuple(self.size):
+            maps = self.maps
+        else:
+            return RenderedMaps(**{k: _upsample_float(getattr(self.maps, k), self.size, k == "mask",
+                                                      None if into is None else getattr(into, k))
+                                   for k in MAP_NAMES})
+        if into is None:
+            return maps
+        for k in MAP_NAMES:
+            getattr(into, k).copy_(getattr(maps, k))
+        return into
 
     def uint8(self, name: str) -> np.ndarray:
         """One map at full size as uint8: [H, W, 3] (``mask``: [H, W]), made without a full-size float copy."""
@@ -150,14 +162,28 @@ class FrameMaps:
         return big
 
 
-def _upsample_float(t: torch.Tensor, size: tuple[int, int], binary: bool) -> torch.Tensor:
-    """[1, h, w(, C)] float map -> [1, H, W(, C)] bilinear (``binary``: cut at 0.5)."""
+def _upsample_float(t: torch.Tensor, size: tuple[int, int], binary: bool,
+                    into: torch.Tensor | None = None) -> torch.Tensor:
+    """[1, h, w(, C)] float map -> [1, H, W(, C)] bilinear (``binary``: cut at 0.5), written into
+    ``into`` (a contiguous CPU float32 tensor of that shape) when given."""
     import cv2
-    arr = t[0].detach().cpu().numpy()
-    big = cv2.resize(arr, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    arr = np.ascontiguousarray(t[0].detach().cpu().numpy())
+    if into is not None and into.is_contiguous() and into.device.type == "cpu" and into.dtype == torch.float32:
+        out = into[0].numpy()
+        cv2.resize(arr, (size[1], size[0]), dst=out, interpolation=cv2.INTER_LINEAR)
+        result = into
+    else:
+        out = cv2.resize(arr, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        result = torch.from_numpy(out)[None]
+        if into is not None:
+            into.copy_(result)
+            result, out = into, None
     if binary:
-        cv2.threshold(big, 0.5, 1.0, cv2.THRESH_BINARY, dst=big)
-    return torch.from_numpy(big)[None]
+        if out is not None:
+            cv2.threshold(out, 0.5, 1.0, cv2.THRESH_BINARY, dst=out)
+        else:
+            result.copy_((result >= 0.5).float())
+    return result
 
 
 class Retargeter:
@@ -313,15 +339,13 @@ def retarget_images(reconstructor: Reconstructor, source: Frame, driving: Sequen
     heads, found, missing = [], [], {}
     batch = None
     for item in retargeter.frames(driving, driving_face_index, allow_missing, smoothing, names, on_frame):
-        full = item.full()
         if item.index == 0 and all(_frame_size(f) == item.size for f in driving):
             batch = _allocate(len(driving), item.size)
-        if batch is not None:
-            views = RenderedMaps(**{k: getattr(batch, k)[item.index:item.index + 1] for k in MAP_NAMES})
-            for k in MAP_NAMES:
-                getattr(views, k).copy_(getattr(full, k))
-            full = views
-        maps.append(full)
+        if batch is not None:  # filled in place: each frame's maps are views of the batch
+            maps.append(item.full(RenderedMaps(**{k: getattr(batch, k)[item.index:item.index + 1]
+                                                  for k in MAP_NAMES})))
+        else:
+            maps.append(item.full())
         if item.head is None:
             missing[item.index] = item.missing or "no face"
         else:
