@@ -71,7 +71,8 @@ class HP3HeadRetarget:
     def INPUT_TYPES(cls):
         return {"required": {
             "reconstructor": ("HP3_RECONSTRUCTOR", {"tooltip": "From Load HP3 3D Reconstructor."}),
-            "source": ("IMAGE", {"tooltip": "Source portrait: its head shape is kept (first image of a batch)."}),
+            "source": ("IMAGE", {"tooltip": "Source portrait: its head shape is kept. A batch = several photos of one person, pooled "
+                                            "into one head shape (pose and expression modes use the first)."}),
             "driving": ("IMAGE", {"tooltip": "Driving image(s): pose and expression; a batch gives one render per frame."}),
             "mode": ([m.value for m in RetargetMode], {
                 "default": "full", "tooltip": "full: pose + expression; pose: pose only; expression: expression only."}),
@@ -104,7 +105,8 @@ class HP3HeadRetarget:
         result = retarget_images(reconstructor, source[0], frames, mode=mode, face_index=face_index,
                                  driving_face_index=driving_face_index, region=region,
                                  allow_missing=missing_face != "error", source_name="the source image",
-                                 on_frame=frame_callback(len(frames)), smoothing=smoothing)
+                                 on_frame=frame_callback(len(frames)), smoothing=smoothing,
+                                 more_sources=[source[i] for i in range(1, source.shape[0])])
         shaded, normal, depth, mask = result.stacked()
         result_text = result.report()
         return {"ui": {"images": preview_ui(shaded, "hp3_shaded"), "text": [result_text]},

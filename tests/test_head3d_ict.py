@@ -275,3 +275,19 @@ def test_several_photos_of_one_person_share_one_identity(assets, reconstructor):
     assert np.allclose(shared[0].identity, pooled.shape[0].numpy(), atol=1e-5)
     for one, many in zip(own, shared):
         assert many.rms_px < 1.5 * one.rms_px + 0.5, (one.rms_px, many.rms_px)
+
+
+def test_several_source_photos_pool_into_one_head_shape(assets, reconstructor):
+    """retarget_images with more source photos: the shape is the mean of each photo's shape,
+    pose and expression stay the first photo's (pose mode), the driver's in full mode."""
+    from hp3_core.image_io import load_image
+    frames = [load_image(p) for p in sorted((assets / "id_group_hp3").glob("frame_*.png"))[:3]]
+    driver = load_image(assets / "faces" / "driving_d19.jpg")
+    single = [reconstruct(reconstructor, [f]).params for f in frames]
+    pooled = retarget_images(reconstructor, frames[0], [driver], more_sources=frames[1:])
+    expected = torch.stack([p.shape for p in single]).mean(0)
+    assert torch.allclose(pooled.source.shape, expected, atol=1e-5)
+    assert torch.allclose(pooled.heads.shape[0], expected[0], atol=1e-5)
+    assert not torch.allclose(pooled.source.shape, single[0].shape, atol=1e-3), "the others count"
+    pose_mode = retarget_images(reconstructor, frames[0], [driver], mode="pose", more_sources=frames[1:])
+    assert torch.allclose(pose_mode.heads.expression, single[0].expression, atol=1e-5)

@@ -194,10 +194,14 @@ class Retargeter:
         face_index: which source face (0 = largest).
         mode: see :class:`RetargetMode`.
         region: ``head`` or ``face``.
+        more_sources: other photos of the same person: the head shape becomes the mean of the
+            shapes of all source photos (one photo's angle or expression weighs less); pose and
+            expression (``pose``/``expression`` modes) stay those of ``source``.
     """
 
     def __init__(self, reconstructor: Reconstructor, source: Frame, mode: str | RetargetMode = RetargetMode.FULL,
-                 face_index: int = 0, region: str = "head", source_name: str = "the source image") -> None:
+                 face_index: int = 0, region: str = "head", source_name: str = "the source image",
+                 more_sources: Sequence[Frame] = ()) -> None:
         if region not in ("head", "face"):
             raise HP3Error(f"region must be 'head' or 'face', got {region!r}")
         try:
@@ -210,6 +214,13 @@ class Retargeter:
         params = reconstruct(reconstructor, [src.pixels], check_face_index(face_index), [source_name]).params
         self.source = rescale_frame(params, src.pixels.shape[:2], src.full_size)
         self.source_face: FaceInfo | None = self.source.faces[0] if self.source.faces else None
+        if more_sources:
+            shapes = [self.source.shape]
+            for k, extra in enumerate(more_sources, start=1):
+                name = f"source image {k}"
+                item = _as_analysis(extra, name)
+                shapes.append(reconstruct(reconstructor, [item.pixels], check_face_index(face_index), [name]).params.shape)
+            self.source = replace(self.source, shape=torch.stack(shapes).mean(0))
 
     def frames(self, driving: Iterable[Frame], driving_face_index: int = 0, allow_missing: bool = False,
                smoothing: float = 0.0, names: Sequence[str] | None = None,
@@ -317,7 +328,8 @@ def retarget_images(reconstructor: Reconstructor, source: Frame, driving: Sequen
                     mode: str | RetargetMode = RetargetMode.FULL, face_index: int = 0,
                     driving_face_index: int = 0, region: str = "head",
                     allow_missing: bool = False, source_name: str = "the source image",
-                    on_frame: Callable[[int], None] | None = None, smoothing: float = 0.0) -> RetargetResult:
+                    on_frame: Callable[[int], None] | None = None, smoothing: float = 0.0,
+                    more_sources: Sequence[Frame] = ()) -> RetargetResult:
     """Reconstruct the source once, each driving frame, retarget and render into each frame.
 
     Every frame's full-size maps are kept (ComfyUI needs the whole batch); to stream frames, use
@@ -332,8 +344,9 @@ def retarget_images(reconstructor: Reconstructor, source: Frame, driving: Sequen
             the frame).
         on_frame: called after each driving frame (progress, interruption).
         smoothing: temporal smoothing of the driving heads, in [0, 1) (0 = off).
+        more_sources: other photos of the source person, pooled into one head shape.
     """
-    retargeter = Retargeter(reconstructor, source, mode, face_index, region, source_name)
+    retargeter = Retargeter(reconstructor, source, mode, face_index, region, source_name, more_sources)
     names = [f"driving frame {i}" if len(driving) > 1 else "the driving image" for i in range(len(driving))]
     maps: list[RenderedMaps] = []
     heads, found, missing = [], [], {}
