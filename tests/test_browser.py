@@ -78,32 +78,37 @@ def test_workflow_overview_screenshot(browser, comfy_server, path):
     assert 0 < scale <= 1 and shot.stat().st_size > 10_000
 
 
-# Load hp3_model_info.json, pick the tiny HP3 file in its loader and queue it, as a user does.
-_RUN_MODEL_INFO_JS = """
+# Load a workflow, pick the tiny HP3 file in its loader (if it has one) and queue it, as a user does.
+_RUN_WORKFLOW_JS = """
 async ([wf, name]) => {
   await app.loadGraphData(wf);
   const loader = app.graph._nodes.find(n => n.type === "HP3ModelLoader");
-  loader.widgets.find(w => w.name === "hp3_name").value = name;
+  if (loader) loader.widgets.find(w => w.name === "hp3_name").value = name;
   await app.queuePrompt(0, 1);
 }
 """
 _REPORT_TEXT_JS = "() => [...document.querySelectorAll('textarea.hp3-report')].map(t => t.value).join('\\n')"
 
 
-def test_model_info_text_is_shown_on_the_node_after_a_run(browser, comfy_server):
-    """web/hp3_text.js: HP3 Model Info's text appears on the node (read off the page)."""
-    wf = json.loads((REPO / "example_workflows" / "hp3_model_info.json").read_text())
+@pytest.mark.parametrize("stem, node_type, expected", [
+    ("hp3_model_info", "HP3ModelInfo", "base family: SD1.5 (sd15)"),
+    ("hp3_retarget", "HP3HeadRetarget", "3D backend:"),
+], ids=["model_info", "retarget"])
+def test_text_reports_are_shown_on_the_node_after_a_run(browser, comfy_server, stem, node_type, expected):
+    """web/hp3_text.js: HP3 Model Info's text and the retarget report appear on the node (read off
+    the page, and the same as the node's widget)."""
+    wf = json.loads((REPO / "example_workflows" / f"{stem}.json").read_text())
     page = browser.new_page()
     try:
         page.goto(comfy_server.url, wait_until="load", timeout=60_000)
         page.wait_for_function("() => window.app && window.app.graph && "
                                "Object.keys(LiteGraph.registered_node_types).length > 50", timeout=60_000)
-        page.evaluate(_RUN_MODEL_INFO_JS, [wf, "tiny_sd15.safetensors"])
-        page.wait_for_function(f"() => ({_REPORT_TEXT_JS})().includes('base family')", timeout=180_000)
+        page.evaluate(_RUN_WORKFLOW_JS, [wf, "tiny_sd15.safetensors"])
+        page.wait_for_function(f"() => ({_REPORT_TEXT_JS})().includes({json.dumps(expected)})", timeout=300_000)
         text = page.evaluate(_REPORT_TEXT_JS)
-        on_node = page.evaluate("() => app.graph._nodes.find(n => n.type === 'HP3ModelInfo')"
+        on_node = page.evaluate(f"() => app.graph._nodes.find(n => n.type === {json.dumps(node_type)})"
                                 ".widgets.find(w => w.name === 'hp3_report').value")
-        page.screenshot(path=str(SCREENSHOTS / "hp3_model_info_text.png"))
+        page.screenshot(path=str(SCREENSHOTS / f"{stem}_text.png"))
     finally:
         page.close()
-    assert "base family: SD1.5 (sd15)" in text and text == on_node
+    assert expected in on_node and on_node in text
