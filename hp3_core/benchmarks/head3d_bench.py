@@ -29,7 +29,7 @@ from ..head3d.face_landmarks import shared_landmarker
 from ..head3d.ict import ICTReconstructor
 from ..head3d.ict.fit import fit_landmarks
 from ..head3d.mediapipe_head import params_from_landmarks
-from ..head3d.rotation import yaw_pitch_roll
+from ..head3d.rotation import matrix_to_axis_angle, yaw_pitch_roll
 from ..image_io import load_image
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def measure(image: np.ndarray, rec: ICTReconstructor, oval: list[int]) -> dict[s
     iod = float(np.linalg.norm(mp[468] - mp[473]))
     nme = float(np.median(np.linalg.norm(proj[:, :2] - mp, axis=1)) / iod)
     iou = polygon_iou(proj[oval, :2], mp[oval], image.shape[:2])
-    ict_pose = rec.from_landmarks(image, face, 0, len(faces)).pose
+    ict_pose = matrix_to_axis_angle(torch.from_numpy(fit.rotation).float()[None])  # the fit above, not a second one
     mp_pose = params_from_landmarks([face], [image.shape[:2]], [0], [len(faces)]).pose
     d = torch.remainder(yaw_pitch_roll(ict_pose)[0] - yaw_pitch_roll(mp_pose)[0] + 180.0, 360.0) - 180.0
     return {"nme": nme, "face_iou": iou, "yaw_diff": abs(float(d[0])), "pitch_diff": abs(float(d[1])),

@@ -102,6 +102,7 @@ class LandmarkBases:
         self.weights = np.ones(len(tri))
         for indices, weight in region_weights():
             self.weights[indices] = weight
+        self.row_weights = residual_weights(self)  # [478*3], fixed per asset: computed once
         names = list(asset.expression_names)
         self.pairs = []
         for a, b in CONTRADICTORY:
@@ -224,7 +225,7 @@ def fit_coefficients(bases: LandmarkBases, targets: list[np.ndarray],
     n = len(targets)
     off = n_id if solve_id else 0
     cols = off + n * n_ex
-    w = residual_weights(bases)
+    w = bases.row_weights
     hessian, rhs = np.zeros((cols, cols)), np.zeros(cols)
     fixed = bases.mean + (0.0 if solve_id else np.tensordot(identity, bases.identity, axes=1))
     for j, (target, (rot, k, t)) in enumerate(zip(targets, poses)):
@@ -289,7 +290,7 @@ def refine_identity(bases: LandmarkBases, targets: list[np.ndarray],
                     poses: list[tuple[np.ndarray, float, np.ndarray]], expressions: list[np.ndarray],
                     prior: float = IDENTITY_REFINE_PRIOR) -> np.ndarray:
     """[I] identity for fixed poses and expressions, under the weak final prior (module docstring)."""
-    w = residual_weights(bases)
+    w = bases.row_weights
     n_id = bases.identity.shape[0]
     hessian, rhs = prior * len(targets) * np.eye(n_id), np.zeros(n_id)
     for target, e, (rot, k, t) in zip(targets, expressions, poses):
