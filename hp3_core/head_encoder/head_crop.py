@@ -1,6 +1,6 @@
 """The head crop: a square around the face box, grown to hold the whole head (hair included).
 
-HP3's local-appearance branch (DESIGN.md section 2) runs CLIP vision on the *head*, not the tight
+HP3's local-appearance branch (docs/method.md section 1) runs CLIP vision on the *head*, not the tight
 face: hair, ears and head shape are part of the identity the method preserves. The crop is
 
 * **square**, side ``scale * max(face width, face height)`` (``scale`` 2.2 by default: DESIGN's

@@ -1,6 +1,6 @@
 """The head encoder's trainable part: N learnable head tokens that read identity and appearance.
 
-DESIGN.md section 2: the ArcFace identity (512-d, one vector per reference image) and the CLIP
+docs/method.md section 1: the ArcFace identity (512-d, one vector per reference image) and the CLIP
 vision penultimate hidden states of the head crop (T tokens per reference) are projected to the
 token width D by two Linears and concatenated as the keys/values ("memory") of a small
 Transformer decoder whose queries are N learnable head tokens. Output: N x D head tokens, which

@@ -1,4 +1,4 @@
-"""HP3's training loss: ``L = L_diff + lambda * L_id`` (DESIGN.md section 2).
+"""HP3's training loss: ``L = L_diff + lambda * L_id`` (docs/method.md section 6).
 
 * ``L_diff``: the usual MSE between the UNet's output and its target, per the scheduler's
   ``prediction_type`` (epsilon: the noise; v_prediction: ``alpha_t * noise - sigma_t * x0``;

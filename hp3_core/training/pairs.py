@@ -1,6 +1,6 @@
 """The pair dataset: a source frame and a different target frame of the same ID group.
 
-DESIGN.md section 3: the target drives (its image is what is denoised, its shaded render is the
+docs/method.md section 6: the target drives (its image is what is denoised, its shaded render is the
 controller's hint, its caption the text); the source gives the identity (its cached ArcFace
 embedding) and the appearance (its head crop, for CLIP vision). Groups of one image cannot make
 a pair and are skipped with a warning.
