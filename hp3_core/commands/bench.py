@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import checks
+from . import checks, common_options
 
 NAME = "bench"
 HELP = ("benchmarks: 'retarget' (3D reconstruction + rendering per 512x512 image), 'head3d' (the "
@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", choices=TARGETS, help="what to measure")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed runs per measurement, median reported (default: retarget 20, patch 3)")
-    p.add_argument("--device", default="cpu", help="patch, train: torch device (cpu, cuda)")
+    common_options.add_device(p, "of patch and train")
     p.add_argument("--precision", choices=("no", "fp16", "bf16"), default=None,
                    help="train: the frozen UNet's dtype / autocast (default: bf16 on CUDA, no on the CPU)")
     p.add_argument("--steps", type=int, default=3, help="train: timed training steps per stack (median)")

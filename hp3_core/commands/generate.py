@@ -11,10 +11,8 @@ import numpy as np
 
 from ..errors import HP3Error
 from ..generation import driving_render, encode_sources, generate_image, load_models
-from ..head3d.reconstructor import BACKENDS
-from ..head_encoder.face_analysis import DETECTIONS, PACK_CHOICES
 from ..image_io import load_image, save_image
-from . import checks
+from . import checks, common_options
 
 NAME = "generate"
 HELP = "generate a head-preserving image with a local diffusers SD1.5/SDXL pipeline and HP3"
@@ -29,13 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--out", required=True, help="output image (.png/.jpg); the render goes beside it")
-    p.add_argument("--models-dir", action="append", default=[],
-                   help="insightface folder holding models/<pack>/; also searched for SMIRK/FLAME files (repeatable)")
-    p.add_argument("--clip-vision", required=True,
-                   help="CLIP vision model: a .safetensors file or a transformers folder")
-    p.add_argument("--pack", choices=PACK_CHOICES, default="auto", help="insightface pack")
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="3D backend for the retargeted render")
-    p.add_argument("--detection", choices=DETECTIONS, default="insightface", help="face detector for encoding")
+    common_options.add_models_dir(p, (common_options.INSIGHTFACE_PACKS, common_options.SMIRK_FLAME_FILES))
+    common_options.add_clip_vision(p)
+    common_options.add_pack(p)
+    common_options.add_backend(p, "for the retargeted render")
+    common_options.add_detection(p, "for encoding", with_dlib=False)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--guidance", type=float, default=7.0)
     p.add_argument("--seed", type=int, default=0)
@@ -44,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--end", type=float, default=1.0, help="fraction of the steps where HP3 ends")
     p.add_argument("--width", type=int, default=None, help="image width (default: the pipeline's)")
     p.add_argument("--height", type=int, default=None, help="image height (default: the pipeline's)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    common_options.add_device(p, choices=("cpu", "cuda"))
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -57,8 +53,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         checks.input_file("--source", path)
     checks.input_file("--driving", args.driving)
     checks.input_path("--clip-vision", args.clip_vision)
-    for folder in args.models_dir:
-        checks.search_folder("--models-dir", folder)
+    checks.search_folders("--models-dir", args.models_dir)
     checks.whole("--steps", args.steps, 1, 1000, meaning="sampling steps; 20-50 is typical")
     checks.number("--guidance", args.guidance, 0.0, 100.0, meaning="classifier-free guidance; 5-9 is typical")
     checks.whole("--seed", args.seed, 0, 2 ** 64 - 1)

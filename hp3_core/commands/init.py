@@ -15,7 +15,7 @@ import torch
 
 from ..config import CLIP_VISION_WIDTHS, FAMILIES, HP3Config
 from ..errors import HP3Error
-from . import checks
+from . import checks, common_options
 from ..unet_convert import controller_config_from_ldm, read_checkpoint_unet, unet_from_ldm
 from ..weights import save_hp3_weights
 
@@ -33,8 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the HP3 .safetensors file to write")
     p.add_argument("--clip-width", type=int, default=1024, choices=sorted(CLIP_VISION_WIDTHS),
                    help="hidden width of the CLIP vision model to train with (1024 ViT-L/14, 1280 ViT-H/14)")
-    p.add_argument("--backend", choices=BACKENDS, default="smirk",
-                   help="the 3D backend whose renders the controller will learn")
+    common_options.add_backend(p, "whose renders the controller will learn", choices=BACKENDS, default="smirk")
     p.add_argument("--identity", choices=("insightface", "dlib"), default="insightface",
                    help="the identity embedding the token decoder reads: insightface ArcFace (512-d) or dlib "
                         "(128-d, public domain); train with a dataset built with the same")

@@ -13,13 +13,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import HP3Error
-from ..head3d.reconstructor import BACKENDS, build_reconstructor
+from ..head3d.reconstructor import build_reconstructor
 from ..head3d.retarget import RetargetMode
 from ..head3d.retarget_images import MAP_NAMES, FrameMaps, Retargeter, retarget_report
 from ..image_io import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, AnalysisImage, analysis_image, iter_video_frames,
                         load_for_analysis, save_image, write_error)
 from ..model_folders import cli_folders
-from . import checks
+from . import checks, common_options
 
 NAME = "retarget"
 HELP = "retarget a source head to driving images and write the condition maps"
@@ -31,16 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--driving", required=True,
                    help="driving image, a folder of images, or a video (one set of maps per frame)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="3D backend (auto: smirk when its files are found, else ict, the built-in full head)")
+    common_options.add_backend(p)
     p.add_argument("--mode", choices=[m.value for m in RetargetMode], default="full",
                    help="full: expression + pose; pose: pose only; expression: expression only")
     p.add_argument("--region", choices=("head", "face"), default="head", help="render the full head or the face")
-    p.add_argument("--face-index", type=int, default=0, help="which face of the source when several (0 = largest)")
-    p.add_argument("--driving-face-index", type=int, default=0,
-                   help="which face of the driving image(s) when several (0 = largest)")
-    p.add_argument("--models-dir", action="append", default=[],
-                   help="folder with SMIRK_em1.pt and generic_model.pkl (repeatable; also <dir>/smirk, <dir>/flame)")
+    common_options.add_face_index(p, of="of the source")
+    common_options.add_face_index(p, "--driving-face-index", of="of the driving image(s)")
+    common_options.add_models_dir(p, (common_options.SMIRK_FLAME_FILES,))
     p.add_argument("--every", type=int, default=1, help="video: keep one frame in N (1 = every frame)")
     p.add_argument("--max-frames", type=int, default=None, help="video/folder: at most N frames")
     p.add_argument("--smoothing", type=float, default=0.0,
@@ -48,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "halves each frame's own weight; frames of one shot only)")
     p.add_argument("--skip-missing", action="store_true",
                    help="frames without a face get blank maps instead of stopping with an error")
-    p.add_argument("--device", default="cpu", help="torch device for the SMIRK encoder")
+    common_options.add_device(p, "for the SMIRK encoder")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
