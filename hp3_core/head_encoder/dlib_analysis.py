@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import HP3Error, InputImageError, MissingModelFileError
+from ..errors import HP3Error, MissingModelFileError
 from ..optional import require
 from .face_analysis import FaceAnalyzer, _as_folders, _Detection
 
@@ -160,6 +160,8 @@ class DlibFaceAnalyzer(FaceAnalyzer):
     identity = "dlib"
     embedding_dim = DESCRIPTOR_DIM
     input_size = CHIP_SIZE
+    no_face_found_by = {"dlib": "dlib's frontal face detector (it finds frontal faces of about 80 px or more); "
+                                "use detection 'mediapipe' or a clearer frontal photo"}
 
     def __init__(self, folders=None, detection: str = "mediapipe") -> None:
         super().__init__()
@@ -187,13 +189,6 @@ class DlibFaceAnalyzer(FaceAnalyzer):
         rects, scores, _ = self._hog.run(image, upsample, 0.0)
         return [_Detection(box=(float(r.left()), float(r.top()), float(r.right()), float(r.bottom())),
                            keypoints=none, score=float(sc)) for r, sc in zip(rects, scores)]
-
-    def _choose(self, faces: list[_Detection], face_index: int, shape: tuple, name: str) -> _Detection:
-        if not faces and self.detection == "dlib":
-            raise InputImageError(f"no face found in {name} ({shape[1]}x{shape[0]} px) by dlib's frontal "
-                                  f"face detector (it finds frontal faces of about 80 px or more); use "
-                                  f"detection 'mediapipe' or a clearer frontal photo")
-        return super()._choose(faces, face_index, shape, name)
 
     def _align(self, image: np.ndarray, face: _Detection) -> tuple[_Detection, np.ndarray]:
         import dlib

@@ -46,8 +46,9 @@ import os
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +206,10 @@ class FaceAnalyzer:
 
     detector: str = ""
     recognizer: str = ""
+    detection: str = ""               # which detector finds the faces (the analyzer's ``detection``)
+    # detection -> "<the detector>; <the fix>" for an image where the analyzer's own detector finds
+    # no face (its limits differ from MediaPipe's, whose case choose_face words itself).
+    no_face_found_by: ClassVar[Mapping[str, str]] = {}
     input_size: int = ALIGNED_SIZE
     identity: str = "insightface"     # the identity backend (what HP3 files record)
     embedding_dim: int = EMBEDDING_DIM
@@ -245,6 +250,9 @@ class FaceAnalyzer:
         return face, _norm_crop(image, face.keypoints, self.input_size)
 
     def _choose(self, faces: list[_Detection], face_index: int, shape: tuple, name: str) -> _Detection:
+        by = self.no_face_found_by.get(self.detection)
+        if not faces and by:
+            raise InputImageError(f"no face found in {name} ({shape[1]}x{shape[0]} px) by {by}")
         from ..head3d.face_landmarks import choose_face
         return choose_face(faces, face_index, shape, name)
 
@@ -267,6 +275,9 @@ class InsightFaceAnalyzer(FaceAnalyzer):
         det_size: SCRFD's square input size.
         det_thresh: SCRFD's score threshold.
     """
+
+    no_face_found_by = {"insightface": "insightface's SCRFD face detector; use a photo where the face is "
+                                       "visible and at least about 40 px wide"}
 
     def __init__(self, folders, pack: str = "auto", providers: str = "cpu",
                  detection: str = "insightface", det_size: int = 640, det_thresh: float = 0.5) -> None:
@@ -303,13 +314,6 @@ class InsightFaceAnalyzer(FaceAnalyzer):
         return [_Detection(box=tuple(float(v) for v in det[i, :4]),
                            keypoints=np.asarray(kpss[i], dtype=np.float32).reshape(5, 2),
                            score=float(det[i, 4])) for i in range(len(det))]
-
-    def _choose(self, faces: list[_Detection], face_index: int, shape: tuple, name: str) -> _Detection:
-        if not faces and self.detection == "insightface":
-            raise InputImageError(f"no face found in {name} ({shape[1]}x{shape[0]} px) by "
-                                  f"insightface's SCRFD face detector; use a photo where the face "
-                                  f"is visible and at least about 40 px wide")
-        return super()._choose(faces, face_index, shape, name)
 
     def _embed(self, aligned_rgb: np.ndarray) -> np.ndarray:
         return self._recognizer.embed(aligned_rgb)
