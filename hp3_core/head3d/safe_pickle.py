@@ -149,30 +149,26 @@ def _numeric(value: Any, what: str, kinds: str = "biuf") -> np.ndarray:
 
 # ------------------------------------------------------------------------------------ policy
 
-# What each allowed global stands for; anything else is refused before it is used.
+# What each allowed global stands for; anything else is refused before it is used. One row per
+# object: (the names of its module, which moved between Python 2 and 3, numpy 1 and 2, and scipy
+# versions; its name in that module; what it stands for).
+_ALLOWED_OBJECTS: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("numpy",), "ndarray", "ndarray"),
+    (("numpy",), "dtype", "dtype"),
+    (("chumpy.ch",), "Ch", "ch"),
+    (("copy_reg", "copyreg"), "_reconstructor", "reconstructor"),
+    (("__builtin__", "builtins"), "object", "object"),
+    (("__builtin__", "builtins"), "set", "set"),
+    (("__builtin__", "builtins"), "frozenset", "frozenset"),
+    (("_codecs",), "encode", "encode"),
+    (("numpy.core.multiarray", "numpy._core.multiarray"), "_reconstruct", "reconstruct"),
+    (("numpy.core.multiarray", "numpy._core.multiarray"), "scalar", "scalar"),
+    (("numpy.core.numeric", "numpy._core.numeric"), "_frombuffer", "frombuffer"),
+    (("scipy.sparse.csc", "scipy.sparse._csc"), "csc_matrix", "csc"),
+    (("scipy.sparse.csr", "scipy.sparse._csr"), "csr_matrix", "csr"),
+)
 _ALLOWED_GLOBALS: dict[tuple[str, str], str] = {
-    ("numpy", "ndarray"): "ndarray",
-    ("numpy", "dtype"): "dtype",
-    ("chumpy.ch", "Ch"): "ch",
-    ("copy_reg", "_reconstructor"): "reconstructor",
-    ("copyreg", "_reconstructor"): "reconstructor",
-    ("__builtin__", "object"): "object",
-    ("builtins", "object"): "object",
-    ("__builtin__", "set"): "set",
-    ("builtins", "set"): "set",
-    ("__builtin__", "frozenset"): "frozenset",
-    ("builtins", "frozenset"): "frozenset",
-    ("_codecs", "encode"): "encode",
-}
-for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-    _ALLOWED_GLOBALS[(_mod, "_reconstruct")] = "reconstruct"
-    _ALLOWED_GLOBALS[(_mod, "scalar")] = "scalar"
-for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
-    _ALLOWED_GLOBALS[(_mod, "_frombuffer")] = "frombuffer"
-for _mod in ("scipy.sparse.csc", "scipy.sparse._csc"):
-    _ALLOWED_GLOBALS[(_mod, "csc_matrix")] = "csc"
-for _mod in ("scipy.sparse.csr", "scipy.sparse._csr"):
-    _ALLOWED_GLOBALS[(_mod, "csr_matrix")] = "csr"
+    (module, name): meaning for modules, name, meaning in _ALLOWED_OBJECTS for module in modules}
 _STAND_IN_KINDS = ("ch", "csc", "csr")
 _LATIN1 = ("latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1")
 
