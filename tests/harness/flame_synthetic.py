@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,14 @@ class _Py2PickleWriter:
         else:
             self.out.write(b"T" + struct.pack("<i", len(data)) + data)
 
+    def marked(self, items: Iterable[Any], closing: bytes) -> None:
+        """MARK, each of ``items``, then ``closing``: the opcode that takes everything back to the
+        mark (``t`` makes a tuple, ``e`` appends to the list below, ``u`` sets the dict's items)."""
+        self.out.write(b"(")
+        for item in items:
+            self.save(item)
+        self.out.write(closing)
+
     def save(self, obj: Any) -> None:  # noqa: C901 - one branch per pickled type
         w = self.out.write
         if obj is None:
@@ -77,25 +85,15 @@ class _Py2PickleWriter:
                     self.save(item)
                 w(b"\x85\x86\x87"[len(obj) - 1: len(obj)])
             else:
-                w(b"(")
-                for item in obj:
-                    self.save(item)
-                w(b"t")
+                self.marked(obj, b"t")
         elif isinstance(obj, list):
             w(b"]")
             if obj:
-                w(b"(")
-                for item in obj:
-                    self.save(item)
-                w(b"e")
+                self.marked(obj, b"e")
         elif isinstance(obj, dict):
             w(b"}")
             if obj:
-                w(b"(")
-                for key, val in obj.items():
-                    self.save(key)
-                    self.save(val)
-                w(b"u")
+                self.marked((x for pair in obj.items() for x in pair), b"u")
         elif isinstance(obj, np.dtype):
             self.global_("numpy", "dtype")
             self.save((obj.str[1:], 0, 1))

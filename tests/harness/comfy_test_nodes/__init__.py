@@ -72,15 +72,26 @@ def _head_features_class():
     return importlib.import_module("hp3_core.head_encoder.features").HeadFeatures
 
 
-class HP3TestTinyModel:
+def _seed_input() -> tuple:
+    """The INT input of a seed: the whole range a workflow's seed widget allows."""
+    return ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})
+
+
+class _SeededTestLoader:
+    """A test-only loader whose one input is the seed of the weights it makes; a subclass sets
+    ``RETURN_TYPES``, ``DESCRIPTION`` and ``load(seed)``."""
+
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
     FUNCTION = "load"
-    DESCRIPTION = "Test only: the tiny SD1.5-shaped MODEL (TINY_SD15_UNET), seeded weights."
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+        return {"required": {"seed": _seed_input()}}
+
+
+class HP3TestTinyModel(_SeededTestLoader):
+    RETURN_TYPES = ("MODEL",)
+    DESCRIPTION = "Test only: the tiny SD1.5-shaped MODEL (TINY_SD15_UNET), seeded weights."
 
     def load(self, seed: int):
         import comfy.model_base
@@ -103,7 +114,7 @@ class HP3TestConditioning:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
+        return {"required": {"seed": _seed_input(),
                              "tokens": ("INT", {"default": 8, "min": 1, "max": 77}),
                              "width": ("INT", {"default": 32, "min": 1, "max": 2048})}}
 
@@ -224,22 +235,16 @@ class HP3TestTinyCheckpoint:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"family": (list(TINY_TEXT), {"default": "sd15"}),
-                             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+                             "seed": _seed_input()}}
 
     def load(self, family: str, seed: int):
         return (_tiny_model(family, seed), TinyTextEncoder(*TINY_TEXT[family]), TinyVAE())
 
 
-class HP3TestTinyControlNet:
-    CATEGORY = CATEGORY
+class HP3TestTinyControlNet(_SeededTestLoader):
     RETURN_TYPES = ("CONTROL_NET",)
-    FUNCTION = "load"
     DESCRIPTION = ("Test only: stands in for ControlNetLoader: a real comfy ControlNet whose control "
                    "model mirrors the tiny SD1.5 UNet (3-channel hint), seeded weights.")
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
 
     def load(self, seed: int):
         import comfy.cldm.cldm
@@ -282,22 +287,16 @@ class HP3TestTinyUpscaleModel:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"scale": ("INT", {"default": 4, "min": 1, "max": 8}),
-                             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+                             "seed": _seed_input()}}
 
     def load(self, scale: int, seed: int):
         return (TinyUpscaler(scale, seed).eval(),)
 
 
-class HP3TestTinyClipVision:
-    CATEGORY = CATEGORY
+class HP3TestTinyClipVision(_SeededTestLoader):
     RETURN_TYPES = ("CLIP_VISION",)
-    FUNCTION = "load"
     DESCRIPTION = ("Test only: stands in for CLIPVisionLoader: the tiny CLIP vision of harness/tiny_clip.py "
                    "(width 48, as tiny HP3 weights expect) as a comfy ClipVisionModel.")
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
 
     def load(self, seed: int):
         tiny_clip = _harness_file_module("tiny_clip")
