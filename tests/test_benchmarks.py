@@ -26,3 +26,9 @@ def test_patch_bench_runs_every_stack_on_tiny_sizes():
     assert all(v.shape == (2, 4, 8, 8) for v in out.values())
     assert not (out["hp3"] - out["bare"]).abs().max() == 0, "HP3 (random connector) changes the cond row"
     assert (out["hp3"][1] - out["bare"][1]).abs().max() == 0, "the uncond row is the bare UNet"
+
+
+def test_report_prints_the_table_then_one_metric_line_each(capsys):
+    from hp3_core.benchmarks.report import write_report
+    write_report(["bench x: tiny", "  a  1.0"], {"ratio_hp3": 1.23456, "steps_per_s": 2}, digits=3)
+    assert capsys.readouterr().out == "bench x: tiny\n  a  1.0\nratio_hp3: 1.235\nsteps_per_s: 2.000\n"

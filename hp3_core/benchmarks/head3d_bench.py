@@ -28,6 +28,7 @@ import torch
 from ..head3d.face_landmarks import shared_landmarker
 from ..head3d.ict import ICTReconstructor
 from ..head3d.ict.fit import fit_landmarks
+from .report import write_report
 from ..head3d.mediapipe_head import params_from_landmarks
 from ..head3d.rotation import matrix_to_axis_angle, yaw_pitch_roll
 from ..image_io import load_image
@@ -105,7 +106,5 @@ def main(photos: Path | None = None) -> int:
     med = {k: statistics.median(r[k] for r in rows.values()) for k in keys}
     lines.append(f"  {'median':<{width}}  {100 * med['nme']:8.2f}  {med['face_iou']:8.3f}  "
                  f"{med['yaw_diff']:6.1f} {med['pitch_diff']:6.1f} {med['roll_diff']:6.1f}        {med['fit_ms']:6.1f}")
-    lines.append(f"ict_landmark_nme: {med['nme']:.4f}")
-    lines.append(f"ict_face_iou: {med['face_iou']:.4f}")
-    sys.stdout.write("\n".join(lines) + "\n")
+    write_report(lines, {"ict_landmark_nme": med["nme"], "ict_face_iou": med["face_iou"]}, digits=4)
     return 0

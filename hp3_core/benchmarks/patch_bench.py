@@ -176,7 +176,7 @@ def main(repeats: int = 3, device: str = "cpu") -> int:
     for name, r in results.items():
         lines.append(f"  {name:<16}{r['ms']:>10.0f}{r['ms'] / base['ms']:>8.2f}{r['gflops']:>10.1f}"
                      f"{r['gflops'] / base['gflops']:>8.2f}{r['mem_mb']:>10.0f}")
-    lines.append(f"ratio_hp3: {results['hp3']['ms'] / base['ms']:.3f}")
-    lines.append(f"ratio_instantid_like: {results['instantid_like']['ms'] / base['ms']:.3f}")
-    sys.stdout.write("\n".join(lines) + "\n")
+    from .report import write_report
+    write_report(lines, {"ratio_hp3": results["hp3"]["ms"] / base["ms"],
+                         "ratio_instantid_like": results["instantid_like"]["ms"] / base["ms"]}, digits=3)
     return 0

@@ -27,6 +27,7 @@ from ..image_io import load_image
 from ..render import render_maps
 from ..render.rasterizer import rasterize
 from .meshes import flame_sized_head
+from .report import write_report
 
 log = logging.getLogger(__name__)
 SAMPLES = Path(__file__).resolve().parents[2] / "workflows" / "inputs"
@@ -116,7 +117,5 @@ def main(repeats: int = 20) -> int:
              f"{os.cpu_count()} CPUs, torch {torch.__version__}"]
     lines += [f"  {k:<{width}}  {v:8.2f} ms" for k, v in results.items()]
     end_to_end = results["ict end to end (reconstruct + retarget + render)"]
-    lines.append(f"retarget_ms_per_image: {end_to_end:.2f}")
-    import sys
-    sys.stdout.write("\n".join(lines) + "\n")
+    write_report(lines, {"retarget_ms_per_image": end_to_end}, digits=2)
     return 0
