@@ -156,13 +156,50 @@ def _group(title: str, bounding, color: str) -> dict[str, Any]:
     return {"title": title, "bounding": list(bounding), "color": color, "font_size": 24}
 
 
-def _head_retarget(g: Graph, x: int, y: int, src: int, drv: int) -> int:
-    rec = g.node("HP3ReconstructorLoader", (x, y), (320, 82), ["auto", "cpu"])
-    ret = g.node("HP3HeadRetarget", (x, y + 120), (340, 300), ["full", "head", 0, "error", 0, 0.0])
+def _prompts(g: Graph, ckpt: int, y: int) -> tuple[int, int]:
+    """(positive, negative) CLIPTextEncode nodes of PROMPT and NEGATIVE, one above the other at ``y``."""
+    pos = g.node("CLIPTextEncode", (20, y), (400, 160), [PROMPT], title="Prompt (the scene)")
+    neg = g.node("CLIPTextEncode", (20, y + 200), (400, 130), [NEGATIVE], title="Negative prompt")
+    g.link(ckpt, "CLIP", pos, "clip")
+    g.link(ckpt, "CLIP", neg, "clip")
+    return pos, neg
+
+
+def _source_and_driving(g: Graph, source_title: str) -> tuple[int, int]:
+    """The two LoadImage nodes of the sample inputs: (source, driving)."""
+    src = g.node("LoadImage", (520, 20), (320, 320), [SOURCE, "image"], title=source_title)
+    drv = g.node("LoadImage", (520, 380), (320, 320), [DRIVING, "image"], title="Driving (pose + expression)")
+    return src, drv
+
+
+def _head_retarget(g: Graph, src: int, drv: int) -> int:
+    """HP3's 3D head (the source's shape in the driver's pose and expression) and a preview of its
+    depth map, the ControlNet's image; returns the retarget node."""
+    rec = g.node("HP3ReconstructorLoader", (520, 760), (320, 82), ["auto", "cpu"])
+    ret = g.node("HP3HeadRetarget", (520, 880), (340, 300), ["full", "head", 0, "error", 0, 0.0])
     g.link(rec, "reconstructor", ret, "reconstructor")
     g.link(src, "IMAGE", ret, "source")
     g.link(drv, "IMAGE", ret, "driving")
+    prev = g.node("PreviewImage", (880, 760), (320, 300), title="3D depth (the ControlNet's image)")
+    g.link(ret, "depth", prev, "images")
     return ret
+
+
+def _sample_and_save(g: Graph, model: int, conditioning: int, ckpt: int, latent_y: int, side: int,
+                     cfg: float, name: str) -> None:
+    """KSampler (seed 42, 30 steps) of ``model``'s first output with ``conditioning``'s positive and
+    negative on an empty ``side`` x ``side`` latent, decoded with the checkpoint's VAE and saved as ``name``."""
+    lat = g.node("EmptyLatentImage", (1240, latent_y), (320, 106), [side, side, 1])
+    ks = g.node("KSampler", (1600, 20), (320, 262), [42, "fixed", 30, cfg, "dpmpp_2m", "karras", 1.0])
+    g.link(model, 0, ks, "model")
+    g.link(conditioning, "positive", ks, "positive")
+    g.link(conditioning, "negative", ks, "negative")
+    g.link(lat, "LATENT", ks, "latent_image")
+    dec = g.node("VAEDecode", (1600, 320), (210, 46))
+    g.link(ks, "LATENT", dec, "samples")
+    g.link(ckpt, "VAE", dec, "vae")
+    save = g.node("SaveImage", (1600, 420), (400, 420), [name])
+    g.link(dec, "IMAGE", save, "images")
 
 
 def ipadapter_sd15(info: dict[str, Any]) -> dict[str, Any]:
@@ -185,12 +222,8 @@ def ipadapter_sd15(info: dict[str, Any]) -> dict[str, Any]:
     lora = g.node("LoraLoaderModelOnly", (20, 760), (320, 82), [FACEID_V2_LORA[0], 0.6],
                   title="FaceID Plus v2 LoRA")
     g.link(ckpt, "MODEL", lora, "model")
-    pos = g.node("CLIPTextEncode", (20, 880), (400, 160), [PROMPT], title="Prompt (the scene)")
-    neg = g.node("CLIPTextEncode", (20, 1080), (400, 130), [NEGATIVE], title="Negative prompt")
-    g.link(ckpt, "CLIP", pos, "clip")
-    g.link(ckpt, "CLIP", neg, "clip")
-    src = g.node("LoadImage", (520, 20), (320, 320), [SOURCE, "image"], title="Source (head to keep)")
-    drv = g.node("LoadImage", (520, 380), (320, 320), [DRIVING, "image"], title="Driving (pose + expression)")
+    pos, neg = _prompts(g, ckpt, 880)
+    src, drv = _source_and_driving(g, "Source (head to keep)")
     crop = g.node("HP3HeadCrop", (880, 20), (320, 180), [512, 2.2, 0.2, 0, "error"])
     g.link(src, "IMAGE", crop, "image")
     cv = g.node("CLIPVisionLoader", (880, 240), (320, 60), [CLIP_H[0]])
@@ -210,26 +243,14 @@ def ipadapter_sd15(info: dict[str, Any]) -> dict[str, Any]:
     g.link(src, "IMAGE", face, "image")
     g.link(cv, "CLIP_VISION", face, "clip_vision")
     g.link(insf, "INSIGHTFACE", face, "insightface")
-    ret = _head_retarget(g, 520, 760, src, drv)
-    prev = g.node("PreviewImage", (880, 760), (320, 300), title="3D depth (the ControlNet's image)")
-    g.link(ret, "depth", prev, "images")
+    ret = _head_retarget(g, src, drv)
     cn = g.node("ControlNetLoader", (1240, 720), (320, 60), [DEPTH_SD15[0]])
     apply = g.node("ControlNetApplyAdvanced", (1240, 820), (320, 170), [0.8, 0.0, 1.0])
     g.link(pos, "CONDITIONING", apply, "positive")
     g.link(neg, "CONDITIONING", apply, "negative")
     g.link(cn, "CONTROL_NET", apply, "control_net")
     g.link(ret, "depth", apply, "image")
-    lat = g.node("EmptyLatentImage", (1240, 1030), (320, 106), [512, 512, 1])
-    ks = g.node("KSampler", (1600, 20), (320, 262), [42, "fixed", 30, 6.0, "dpmpp_2m", "karras", 1.0])
-    g.link(face, "MODEL", ks, "model")
-    g.link(apply, "positive", ks, "positive")
-    g.link(apply, "negative", ks, "negative")
-    g.link(lat, "LATENT", ks, "latent_image")
-    dec = g.node("VAEDecode", (1600, 320), (210, 46))
-    g.link(ks, "LATENT", dec, "samples")
-    g.link(ckpt, "VAE", dec, "vae")
-    save = g.node("SaveImage", (1600, 420), (400, 420), [IPADAPTER_SD15])
-    g.link(dec, "IMAGE", save, "images")
+    _sample_and_save(g, face, apply, ckpt, latent_y=1030, side=512, cfg=6.0, name=IPADAPTER_SD15)
     return g.done([_group("IP-Adapter Plus (head crop) + FaceID Plus v2 (identity)", (860, -40, 720, 720), "#3f789e"),
                    _group("HP3 3D head -> depth ControlNet (pose, expression)", (500, 700, 1080, 520), "#88A")])
 
@@ -255,12 +276,8 @@ def _instantid(info: dict[str, Any], name: str, with_hp3: bool) -> dict[str, Any
         "InstantID is NON-COMMERCIAL through insightface antelopev2. Sample inputs: workflows/inputs/ "
         "(copy them to ComfyUI/input). Score the results: python -m hp3_core evaluate --generated ..."))
     ckpt = g.node("CheckpointLoaderSimple", (20, 660), (320, 100), [SDXL[0]])
-    pos = g.node("CLIPTextEncode", (20, 800), (400, 160), [PROMPT], title="Prompt (the scene)")
-    neg = g.node("CLIPTextEncode", (20, 1000), (400, 130), [NEGATIVE], title="Negative prompt")
-    g.link(ckpt, "CLIP", pos, "clip")
-    g.link(ckpt, "CLIP", neg, "clip")
-    src = g.node("LoadImage", (520, 20), (320, 320), [SOURCE, "image"], title="Source (identity, head to keep)")
-    drv = g.node("LoadImage", (520, 380), (320, 320), [DRIVING, "image"], title="Driving (pose + expression)")
+    pos, neg = _prompts(g, ckpt, 800)
+    src, drv = _source_and_driving(g, "Source (identity, head to keep)")
     iid = g.node("InstantIDModelLoader", (880, 20), (320, 60), [INSTANTID_IPA[0]])
     fa = g.node("InstantIDFaceAnalysis", (880, 120), (320, 60), ["CPU"])
     icn = g.node("ControlNetLoader", (880, 220), (320, 60), [INSTANTID_CN[0]], title="InstantID IdentityNet")
@@ -273,9 +290,7 @@ def _instantid(info: dict[str, Any], name: str, with_hp3: bool) -> dict[str, Any
     g.link(pos, "CONDITIONING", app, "positive")
     g.link(neg, "CONDITIONING", app, "negative")
     g.link(drv, "IMAGE", app, "image_kps")
-    ret = _head_retarget(g, 520, 760, src, drv)
-    prev = g.node("PreviewImage", (880, 760), (320, 300), title="3D depth (the ControlNet's image)")
-    g.link(ret, "depth", prev, "images")
+    ret = _head_retarget(g, src, drv)
     dcn = g.node("ControlNetLoader", (1240, 400), (320, 60), [DEPTH_SDXL[0]], title="SDXL depth ControlNet")
     dapp = g.node("ControlNetApplyAdvanced", (1240, 500), (320, 170), [0.6, 0.0, 1.0])
     g.link(app, "positive", dapp, "positive")
@@ -297,17 +312,7 @@ def _instantid(info: dict[str, Any], name: str, with_hp3: bool) -> dict[str, Any
         g.link(enc, "head", hp3_apply, "head")
         g.link(ret, "head3d", hp3_apply, "head3d")
         model = hp3_apply
-    lat = g.node("EmptyLatentImage", (1240, 710), (320, 106), [1024, 1024, 1])
-    ks = g.node("KSampler", (1600, 20), (320, 262), [42, "fixed", 30, 4.5, "dpmpp_2m", "karras", 1.0])
-    g.link(model, 0, ks, "model")
-    g.link(dapp, "positive", ks, "positive")
-    g.link(dapp, "negative", ks, "negative")
-    g.link(lat, "LATENT", ks, "latent_image")
-    dec = g.node("VAEDecode", (1600, 320), (210, 46))
-    g.link(ks, "LATENT", dec, "samples")
-    g.link(ckpt, "VAE", dec, "vae")
-    save = g.node("SaveImage", (1600, 420), (400, 420), [name])
-    g.link(dec, "IMAGE", save, "images")
+    _sample_and_save(g, model, dapp, ckpt, latent_y=710, side=1024, cfg=4.5, name=name)
     groups = [_group("InstantID (identity; keypoints of the driver)", (860, -40, 720, 400), "#3f789e"),
               _group("HP3 3D head -> SDXL depth ControlNet (pose, expression)", (500, 700, 1080, 520), "#88A")]
     if with_hp3:
