@@ -23,8 +23,6 @@ from collections.abc import Sequence
 from .commands import COMMANDS
 from .errors import HP3Error
 
-log = logging.getLogger("hp3_core")
-
 # Lines native libraries print on every MediaPipe run: glog/absl ("W0000 00:00:17.. 123 file.cc:114] ..."),
 # TFLite's delegate note and absl's "before InitializeLog" banner.
 NATIVE_NOISE = re.compile(rb"^(?:[IWEF]\d{4} [\d:.]+ +\d+ [\w./-]+:\d+\] |INFO: Created TensorFlow Lite|"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
 from ..weights import load_hp3_weights
@@ -11,7 +10,6 @@ from . import checks
 
 NAME = "info"
 HELP = "check an HP3 weight file and print what it holds"
-log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -7,7 +7,6 @@ Examples: ``hp3_core/training/examples/``. The config's fields: :class:`hp3_core
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from . import checks
 NAME = "train"
 HELP = ("train HP3 (token decoder, controller, connector) on a build-dataset folder; "
         "exports the nodes' weight file (accelerate: one GPU, several, several nodes)")
-log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

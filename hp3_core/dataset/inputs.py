@@ -158,12 +158,10 @@ class VideoSampling:
 
     Attributes:
         every: keep one decoded frame in ``every`` (frame indices 0, every, 2 * every, ...).
-        native_fps: the container's frame rate (frames/s; a guess of 30 when it reports none).
         expected: how many frames will be taken (from the container's frame count; an estimate).
     """
 
     every: int
-    native_fps: float
     expected: int
 
 
@@ -183,7 +181,7 @@ def video_sampling(path: str | Path, fps: float, max_frames: int | None) -> Vide
     expected = math.ceil(max(count, 0) / every)
     if max_frames is not None:
         expected = min(expected, max_frames)
-    return VideoSampling(every=every, native_fps=native, expected=expected)
+    return VideoSampling(every=every, expected=expected)
 
 
 def expected_items(groups: list[Group], fps: float, max_frames: int | None) -> int:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,7 +301,3 @@ class HP3Dataset:
 def keypoints_array(record: DatasetRecord) -> np.ndarray:
     """[5, 2] float32 keypoints of a record."""
     return np.asarray(record.keypoints, dtype=np.float32).reshape(5, 2)
-
-
-def groups_of(items: Iterable[DatasetItem]) -> list[str]:
-    return sorted({i.record.group for i in items})
