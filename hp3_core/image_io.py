@@ -12,9 +12,9 @@ IMAGE is reduced before any uint8 or float copy of it is made.
 from __future__ import annotations
 
 import errno
-import logging
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,6 @@ from PIL import Image, ImageOps
 
 from .errors import HP3Error, InputImageError
 
-log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".gif"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -104,18 +103,26 @@ def _open(path: Path) -> Image.Image:
             f"on the longer side) and use that file") from None
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """An image file as RGB uint8 [H, W, 3] (EXIF orientation applied)."""
-    path = Path(path)
+@contextmanager
+def _reading_image(path: Path) -> Iterator[Image.Image]:
+    """The file opened with Pillow (closed afterwards); any failure to open or decode it in the
+    ``with`` block becomes an :class:`InputImageError` naming the file and the fix."""
     try:
         with _open(path) as im:
-            return _decode(im, path)
+            yield im
     except FileNotFoundError:
         raise InputImageError(f"image '{path}' does not exist") from None
     except IsADirectoryError:
         raise InputImageError(f"image '{path}' is a folder; give an image file (JPEG or PNG)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise InputImageError(f"image '{path}' cannot be read ({err}); use a JPEG or PNG") from None
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """An image file as RGB uint8 [H, W, 3] (EXIF orientation applied)."""
+    path = Path(path)
+    with _reading_image(path) as im:
+        return _decode(im, path)
 
 
 def _decode(im: Image.Image, path: Path) -> np.ndarray:
@@ -138,23 +145,16 @@ def load_for_analysis(path: str | Path, max_side: int = ANALYSIS_MAX_SIDE) -> An
     costs about as much as a small one; other formats are decoded then reduced.
     """
     path = Path(path)
-    try:
-        with _open(path) as im:
-            width, height = im.size
-            orientation = im.getexif().get(0x0112, 1)
-            if orientation in (5, 6, 7, 8):  # transposed by exif_transpose below
-                width, height = height, width
-            scale = max_side / max(width, height)
-            if scale < 1.0 and im.format == "JPEG":
-                # draft keeps at least the requested size: the reduce below makes it exact.
-                im.draft("RGB", (int(im.size[0] * scale) + 1, int(im.size[1] * scale) + 1))
-            pixels = _decode(im, path)
-    except FileNotFoundError:
-        raise InputImageError(f"image '{path}' does not exist") from None
-    except IsADirectoryError:
-        raise InputImageError(f"image '{path}' is a folder; give an image file (JPEG or PNG)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise InputImageError(f"image '{path}' cannot be read ({err}); use a JPEG or PNG") from None
+    with _reading_image(path) as im:
+        width, height = im.size
+        orientation = im.getexif().get(0x0112, 1)
+        if orientation in (5, 6, 7, 8):  # transposed by exif_transpose below
+            width, height = height, width
+        scale = max_side / max(width, height)
+        if scale < 1.0 and im.format == "JPEG":
+            # draft keeps at least the requested size: the reduce below makes it exact.
+            im.draft("RGB", (int(im.size[0] * scale) + 1, int(im.size[1] * scale) + 1))
+        pixels = _decode(im, path)
     return AnalysisImage(_reduce(pixels, (height, width), max_side), (height, width))
 
 
