@@ -89,6 +89,12 @@ def tiny_model(comfy):
 
 
 @pytest.fixture
+def patch_mod(comfy):
+    """nodes/hp3_patch.py as the in-process host loaded it (HP3's patch of the host's model)."""
+    return comfy.pack_module("nodes.hp3_patch")
+
+
+@pytest.fixture
 def hp3_folder(comfy, tmp_path) -> Path:
     """A temporary folder added to the in-process host's 'hp3' model paths (removed afterwards)."""
     fp = comfy.folder_paths

@@ -59,11 +59,6 @@ class Spy:
 
 
 @pytest.fixture
-def patch_mod(comfy):
-    return comfy.pack_module("nodes.hp3_patch")
-
-
-@pytest.fixture
 def errors(comfy):
     return comfy.pack_module("hp3_core.errors")
 

@@ -15,11 +15,6 @@ from test_hp3_comfy import apply, sample
 
 
 @pytest.fixture
-def patch_mod(comfy):
-    return comfy.pack_module("nodes.hp3_patch")
-
-
-@pytest.fixture
 def mm(comfy):
     return comfy.module("comfy.model_management")
 
