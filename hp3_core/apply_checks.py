@@ -27,6 +27,34 @@ def device_of(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+def dtype_of(module: torch.nn.Module) -> torch.dtype:
+    """The dtype of a module's (first) parameters (the HP3 model computes in one dtype)."""
+    return next(module.parameters()).dtype
+
+
+def check_decoder_fits(block_channels: Sequence[int | None], config: Any, weights_path: str) -> None:
+    """The UNet's decoder must be the one the HP3 weights' connector was built for.
+
+    One check for both hosts: ComfyUI reads each decoder block's first GroupNorm, diffusers each
+    up block's first resnet.
+
+    Args:
+        block_channels: per decoder block (UNet order), the channels its first GroupNorm
+            normalises (decoder features + skip); None where the host cannot tell.
+        config: the HP3 weights' :class:`~hp3_core.config.HP3Config`.
+        weights_path: names the weights in the message.
+    """
+    expected = config.controller.decoder_channels()
+    fix = f"use a base model of the family the weights were trained for ({config.family_name})"
+    if len(block_channels) != len(expected):
+        raise HP3Error(f"HP3 weights '{weights_path}' expect a UNet with {len(expected)} decoder blocks but "
+                       f"this one has {len(block_channels)}; {fix}")
+    for i, (found, (dec, skip)) in enumerate(zip(block_channels, expected)):
+        if found is not None and found != dec + skip:
+            raise HP3Error(f"HP3 weights '{weights_path}' do not fit this UNet: decoder block {i} normalises "
+                           f"{found} channels, the weights expect {dec + skip}; {fix}")
+
+
 def check_finite_number(name: str, value: Any) -> None:
     """Refuse NaN/inf (or a non-number) in a numeric input, naming the input."""
     try:

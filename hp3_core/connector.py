@@ -66,26 +66,28 @@ class AdaptiveConnector(nn.Module):
 
 
 @dataclass
-class ActiveConditions:
-    """The head conditions of one model call.
+class ConnectorState:
+    """What the connector applies during one UNet call.
 
     Attributes:
-        conditions: per decoder block, [B, C, h, w] (rows without conditions hold anything).
+        features: the controller's features, per decoder block [B, C, h, w] (rows that get no
+            HP3 hold anything, e.g. zeros).
         rows: [B] float: the strength for rows that get HP3 (the conditional ones), 0 for the
             others; it multiplies every change, so 0-rows are exactly the base UNet.
         connector: the connector whose weights apply.
     """
 
-    conditions: list[torch.Tensor]
+    features: list[torch.Tensor]
     rows: torch.Tensor
     connector: AdaptiveConnector
 
 
-_active: contextvars.ContextVar[ActiveConditions | None] = contextvars.ContextVar("hp3_active", default=None)
+_active: contextvars.ContextVar[ConnectorState | None] = contextvars.ContextVar("hp3_connector_state",
+                                                                              default=None)
 
 
 @contextlib.contextmanager
-def active(state: ActiveConditions | None) -> Iterator[None]:
+def active(state: ConnectorState | None) -> Iterator[None]:
     """Make ``state`` the conditions the installed hooks use while the body runs."""
     token = _active.set(state)
     try:
@@ -94,12 +96,12 @@ def active(state: ActiveConditions | None) -> Iterator[None]:
         _active.reset(token)
 
 
-def current() -> ActiveConditions | None:
+def current() -> ConnectorState | None:
     """The conditions active in this context (None outside :func:`active`)."""
     return _active.get()
 
 
-def enter_active(state: ActiveConditions | None) -> contextvars.Token:
+def enter_active(state: ConnectorState | None) -> contextvars.Token:
     """Like :func:`active` for hosts that enter and leave in separate hooks (before/after a call)."""
     return _active.set(state)
 
@@ -108,14 +110,14 @@ def leave_active(token: contextvars.Token) -> None:
     _active.reset(token)
 
 
-def _condition(state: ActiveConditions, index: int, like: torch.Tensor) -> torch.Tensor:
-    c = state.conditions[index]
+def _features_at(state: ConnectorState, index: int, like: torch.Tensor) -> torch.Tensor:
+    c = state.features[index]
     if c.shape[-2:] != like.shape[-2:]:  # odd latent sizes: the UNet pads/crops by one
         c = F.interpolate(c, size=like.shape[-2:], mode="nearest")
     return c
 
 
-def _rows(state: ActiveConditions, like: torch.Tensor) -> torch.Tensor:
+def _rows(state: ConnectorState, like: torch.Tensor) -> torch.Tensor:
     return state.rows.to(device=like.device, dtype=like.dtype).view(-1, 1, 1, 1)
 
 
@@ -125,7 +127,7 @@ def inject(index: int, h: torch.Tensor) -> torch.Tensor:
     if state is None:
         return h
     block = state.connector.blocks[index]
-    c = _condition(state, index, h)
+    c = _features_at(state, index, h)
     w = block.inject.weight
     return h + _rows(state, h) * block.injection(c.to(w.device, w.dtype)).to(h.dtype)
 
@@ -162,7 +164,7 @@ class ModulatedGroupNorm(nn.Module):
         if state is None:
             return n
         block = state.connector.blocks[self.index]
-        c = _condition(state, self.index, n)
+        c = _features_at(state, self.index, n)
         cw = block.scale_conv.weight
         scale, shift = block.modulation(c.to(cw.device, cw.dtype))
         return n + _rows(state, n) * (n * scale.to(n.dtype) + shift.to(n.dtype))

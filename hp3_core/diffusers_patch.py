@@ -12,15 +12,15 @@ Decoder block ``i`` (UNet order, deepest first) is
 * **modulation**: ``resnet.norm1`` becomes :class:`~hp3_core.connector.ModulatedGroupNorm`
   wrapping the original GroupNorm (shared, not copied).
 
-Both read the conditions of the call in progress from :func:`hp3_core.connector.active`; nothing
-per call is stored on the UNet, and with no active conditions (or a zero connector) the UNet is
+Both read the connector state of the call in progress from :func:`hp3_core.connector.active`;
+nothing per call is stored on the UNet, and with no active state (or a zero connector) the UNet is
 bit-for-bit the bare one. :func:`remove` restores the original modules.
 
 Usage::
 
-    with installed(unet):
-        conds = hp3.conditions(latent, t, tokens, render, y)
-        with activate(hp3, conds, rows):
+    with installed(unet, hp3.config):
+        features = hp3.control_features(latent, t, tokens, render, y)
+        with activate(hp3, features, rows):
             eps = unet(latent, t, encoder_hidden_states=text).sample
 """
 from __future__ import annotations
@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .config import ControllerConfig
-from .connector import ActiveConditions, ModulatedGroupNorm, active, inject
+from .apply_checks import check_decoder_fits
+from .config import HP3Config
+from .connector import ConnectorState, ModulatedGroupNorm, active, inject
 from .errors import HP3Error
 
 
@@ -73,21 +74,22 @@ def decoder_channels(unet) -> list[tuple[int, int]]:
     return controller_config_from_unet(unet).decoder_channels()
 
 
-def install(unet, config: ControllerConfig | None = None) -> HP3Handle:
+def install(unet, config: HP3Config | None = None, weights_path: str = "<in memory>") -> HP3Handle:
     """Install HP3's two hooks on every decoder block of ``unet``; returns the handle for :func:`remove`.
 
     Args:
-        config: when given (the HP3 model's controller config), the UNet's decoder must have the
-            channels that config's connector was built for.
+        config: when given (the HP3 model's config), the UNet's decoder must have the channels
+            that config's connector was built for (:func:`~hp3_core.apply_checks.check_decoder_fits`,
+            the check ComfyUI's Apply HP3 makes too).
+        weights_path: names the weights in that check's message.
 
     Raises:
         HP3Error: HP3 is already installed on this UNet, or the layouts differ.
     """
     resnets = decoder_resnets(unet)
+    if config is not None:
+        check_decoder_fits([r.in_channels for r in resnets], config, weights_path)
     chans = decoder_channels(unet)
-    if config is not None and config.decoder_channels() != chans:
-        raise HP3Error(f"the HP3 model's decoder channels {config.decoder_channels()} differ from the "
-                       f"UNet's {chans}; the HP3 weights were made for another base model")
     for i, (resnet, (dec, skip)) in enumerate(zip(resnets, chans, strict=True)):
         if isinstance(resnet.norm1, ModulatedGroupNorm):
             raise HP3Error("HP3 is already installed on this UNet; remove() it first")
@@ -134,30 +136,30 @@ def remove(handle: HP3Handle) -> None:
 
 
 @contextlib.contextmanager
-def installed(unet, config: ControllerConfig | None = None) -> Iterator[HP3Handle]:
+def installed(unet, config: HP3Config | None = None, weights_path: str = "<in memory>") -> Iterator[HP3Handle]:
     """:func:`install` for the duration of a ``with`` block."""
-    handle = install(unet, config)
+    handle = install(unet, config, weights_path)
     try:
         yield handle
     finally:
         remove(handle)
 
 
-def activate(model, conditions: Sequence[torch.Tensor], rows: torch.Tensor | float | None = None):
-    """Context manager: the installed hooks apply ``model``'s connector to ``conditions``.
+def activate(model, features: Sequence[torch.Tensor], rows: torch.Tensor | float | None = None):
+    """Context manager: the installed hooks apply ``model``'s connector to ``features``.
 
     Args:
         model: an :class:`~hp3_core.hp3_model.HP3Model` (its ``connector`` is used).
-        conditions: :meth:`HP3Model.conditions`'s output for this call.
+        features: :meth:`HP3Model.control_features`'s output for this call.
         rows: [B] strengths (0 leaves a row the bare UNet's, e.g. the unconditional half of a
             CFG batch), or one float for every row; default 1.
     """
-    batch = conditions[0].shape[0]
+    batch = features[0].shape[0]
     if rows is None:
         rows = 1.0
     if not torch.is_tensor(rows):
         rows = torch.full((batch,), float(rows))
-    return active(ActiveConditions(conditions=list(conditions), rows=rows, connector=model.connector))
+    return active(ConnectorState(features=list(features), rows=rows, connector=model.connector))
 
 
 def sdxl_added_cond(unet, text_embeds: torch.Tensor, time_ids: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,10 @@
-"""The controller's inputs for a batch of rows: the render resized to the latent, and the
-per-row conditions handed to the connector. Shared by the ComfyUI patch and the diffusers
-pipeline so both hosts compute exactly the same thing."""
+"""The controller's hint: the shaded render resized to 8x the latent, as ComfyUI resizes
+ControlNet hints. Both hosts use it through :mod:`hp3_core.head_control`."""
 from __future__ import annotations
 
 import torch
 from torch.nn import functional as F
 
-from .connector import ActiveConditions, AdaptiveConnector
-from .errors import HP3Error
 
 HINT_SCALE = 8  # the hint is at pixel resolution: 8x the latent
 
@@ -31,27 +28,3 @@ def hint_frames(renders: torch.Tensor, latent_h: int, latent_w: int, rows: int) 
     F == 1 broadcasts, otherwise the frames repeat."""
     images = center_resize(renders, latent_w * HINT_SCALE, latent_h * HINT_SCALE)
     return images[torch.arange(rows, device=images.device) % images.shape[0]]
-
-
-def conditions_for_rows(conds: list[torch.Tensor], rows: torch.Tensor, batch: int, strength: float,
-                        connector: AdaptiveConnector, what: str) -> ActiveConditions:
-    """The connector's state for a batch whose ``rows`` (long indices) got ``conds``.
-
-    Other rows get zero conditions and strength 0, so they run the base UNet exactly. Non-finite
-    conditions raise (one host sync per model call); ``what`` names the weights in the message.
-    """
-    finite = torch.stack([torch.isfinite(c).all() for c in conds])
-    if not bool(finite.all()):
-        block = int((~finite).nonzero()[0])
-        raise HP3Error(f"the HP3 head conditions are not finite (NaN/inf) at decoder block {block}; {what} "
-                       f"or the inputs are damaged, or the model runs in a precision too low for them")
-    strengths = torch.zeros(batch, device=conds[0].device, dtype=torch.float32)
-    strengths[rows] = float(strength)
-    if len(rows) < batch:
-        full = []
-        for c in conds:
-            z = torch.zeros((batch, *c.shape[1:]), device=c.device, dtype=c.dtype)
-            z[rows] = c
-            full.append(z)
-        conds = full
-    return ActiveConditions(conditions=list(conds), rows=strengths, connector=connector)

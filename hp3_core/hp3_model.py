@@ -1,8 +1,9 @@
 """The HP3 model: token decoder + head controller + adaptive connector, in one weight file.
 
-State-dict layout (the weight file, :mod:`hp3_core.weights`): ``encoder.*`` (the head-token
-decoder), ``controller.*`` (the ControlNet-shaped encoder copy), ``connector.*`` (per decoder
-block: ``inject``, ``scale_conv``/``scale_out``, ``shift_conv``/``shift_out``).
+State-dict layout (the weight file, :mod:`hp3_core.weights`): ``token_decoder.*`` (the head-token
+decoder; ``encoder.*`` in format-1 files, renamed when read), ``controller.*`` (the
+ControlNet-shaped encoder copy), ``connector.*`` (per decoder block: ``inject``,
+``scale_conv``/``scale_out``, ``shift_conv``/``shift_out``).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .controller import HeadController
 from .head_encoder.token_decoder import HeadTokenDecoder
 from .weights import HP3Weights, WeightFileError, check_shapes, load_hp3_weights, shapes_of
 
-ENCODER_PREFIX = "encoder."
+TOKEN_DECODER_PREFIX = "token_decoder."
 
 
 class HP3Model(nn.Module):
@@ -26,7 +27,7 @@ class HP3Model(nn.Module):
     def __init__(self, config: HP3Config, controller: HeadController | None = None) -> None:
         super().__init__()
         self.config = config
-        self.encoder = HeadTokenDecoder(config.encoder)
+        self.token_decoder = HeadTokenDecoder(config.encoder)
         self.controller = controller if controller is not None else HeadController(config.controller)
         self.connector = AdaptiveConnector(config.controller, config.connector)
 
@@ -45,11 +46,12 @@ class HP3Model(nn.Module):
 
     def head_tokens(self, features) -> torch.Tensor:
         """[N, D] head tokens of a :class:`~hp3_core.head_encoder.features.HeadFeatures`."""
-        return self.encoder.tokens_for(features)
+        return self.token_decoder.tokens_for(features)
 
-    def conditions(self, sample: torch.Tensor, timesteps: torch.Tensor, tokens: torch.Tensor,
-                   hint: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """The 3D-aware head conditions, one per decoder block (see :class:`HeadController`).
+    def control_features(self, sample: torch.Tensor, timesteps: torch.Tensor, tokens: torch.Tensor,
+                         hint: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The 3D-aware head conditions ``c``: the controller's features, one per decoder block
+        (see :class:`HeadController`); the connector brings them into the UNet.
 
         Args:
             sample: [B, 4, h, w]; timesteps: [B]; tokens: [B, N, D]; hint: [B, 3, 8h, 8w] in 0..1;
@@ -59,11 +61,13 @@ class HP3Model(nn.Module):
 
 
 def token_decoder_from_weights(weights: HP3Weights) -> HeadTokenDecoder:
-    """Only the token decoder (``encoder.*``) of a weight file: cheap, for encoding heads."""
+    """Only the token decoder (``token_decoder.*``) of a weight file: cheap, for encoding heads."""
     decoder = HeadTokenDecoder(weights.config.encoder)
-    state = {k[len(ENCODER_PREFIX):]: v for k, v in weights.state_dict.items() if k.startswith(ENCODER_PREFIX)}
+    state = {k[len(TOKEN_DECODER_PREFIX):]: v for k, v in weights.state_dict.items()
+             if k.startswith(TOKEN_DECODER_PREFIX)}
     if not state:
-        raise WeightFileError(weights.path, "it holds no head-encoder tensors ('encoder.*')",
+        raise WeightFileError(weights.path, "it holds no token-decoder tensors "
+                              "('token_decoder.*'; 'encoder.*' in format 1)",
                               "use a complete HP3 file (from `python -m hp3_core init` or `train`)")
     check_shapes(weights.path, {k: tuple(v.shape) for k, v in state.items()}, shapes_of(decoder))
     decoder.load_state_dict(state)

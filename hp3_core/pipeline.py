@@ -5,18 +5,19 @@ Design: the pipeline object is used as it is (``pipe.unet`` is not replaced). Fo
 one :meth:`HP3Pipeline.__call__`, HP3's decoder hooks are installed on ``pipe.unet``
 (:func:`hp3_core.diffusers_patch.install`) and two more hooks wrap every UNet call:
 
-* a forward pre-hook computes the controller's conditions for the **conditional rows only**
-  (diffusers batches classifier-free guidance as ``[uncond, cond]``; with guidance off every row
-  is conditional), from the UNet's own input (already ``scale_model_input``-ed), its discrete
-  timestep, the head tokens, the shaded render (centre-cropped to the latent's aspect and resized
-  bilinearly to 8x the latent, as in ComfyUI) and, for SDXL, ``y`` from ``added_cond_kwargs``;
-  it then makes them active (:func:`hp3_core.connector.active`) with ``rows`` = strength on the
-  conditional rows and 0 on the others, so those are exactly the base UNet's;
+* a forward pre-hook hands the call to :func:`hp3_core.head_control.prepare_call` (the function the
+  ComfyUI nodes use too) with the **conditional rows only** (diffusers batches classifier-free
+  guidance as ``[uncond, cond]``; with guidance off every row is conditional), the UNet's own
+  input (already ``scale_model_input``-ed), its timestep and, for SDXL, ``y`` from
+  ``added_cond_kwargs``; the connector state it returns is made active
+  (:func:`hp3_core.connector.active`), with strength 0 on the other rows, so those are exactly the
+  base UNet's;
 * a forward hook (``always_call``) ends the activation, also when the UNet raises.
 
-Start/end are fractions of the UNet calls of the run (``len(scheduler.timesteps)``, i.e. the
-denoising steps): outside ``[start, end)`` the controller is skipped and the UNet is exactly the
-base one. Everything is removed when the call returns.
+``start``/``end`` mean what ComfyUI's ``start_percent``/``end_percent`` mean
+(:class:`~hp3_core.head_control.SamplingWindow`): percents of the noise schedule, compared with
+the scheduler's timestep of each UNet call; outside the window the UNet is exactly the base one.
+Everything is removed when the call returns.
 """
 from __future__ import annotations
 
@@ -28,12 +29,11 @@ from typing import Any
 import torch
 
 from .apply_checks import device_of
-from .connector import ActiveConditions, enter_active, leave_active
+from .connector import enter_active, leave_active
 from .diffusers_patch import installed, sdxl_added_cond
 from .errors import HP3Error
-from .hint import conditions_for_rows, hint_frames
+from .head_control import NUM_TRAIN_TIMESTEPS, HeadControl, SamplingWindow, make_head_control, prepare_call
 from .weights import check_family, load_hp3_weights
-
 
 
 def pipeline_family(pipe) -> str:
@@ -45,13 +45,14 @@ def pipeline_family(pipe) -> str:
 
 
 def _as_renders(render: torch.Tensor) -> torch.Tensor:
+    """[F, H, W, 3] float CPU renders from [H, W, 3] or [F, H, W, 3]."""
     if not torch.is_tensor(render):
         raise HP3Error(f"render must be a torch tensor [H, W, 3] or [B, H, W, 3] in 0..1, got {type(render).__name__}")
     if render.dim() == 3:
         render = render.unsqueeze(0)
     if render.dim() != 4 or render.shape[-1] != 3:
         raise HP3Error(f"render must be [H, W, 3] or [B, H, W, 3] (RGB, 0..1), got shape {list(render.shape)}")
-    return render.float().movedim(-1, 1)  # [B, 3, H, W]
+    return render.detach().float().cpu()
 
 
 class HP3Pipeline:
@@ -76,7 +77,7 @@ class HP3Pipeline:
         self.family = family or hp3_model.config.family
         self.weights_path = str(weights_path)
         check_family(self.weights_path, self.family, pipeline_family(pipe))
-        with installed(pipe.unet, hp3_model.config.controller):  # the layouts match (raises if not)
+        with installed(pipe.unet, hp3_model.config, self.weights_path):  # the layouts match (raises if not)
             pass
 
     @classmethod
@@ -105,12 +106,6 @@ class HP3Pipeline:
                 raise HP3Error(f"head_tokens must be a [N, D] tensor or HeadFeatures, got {type(head_tokens).__name__}")
             with torch.no_grad():
                 head_tokens = self.hp3.head_tokens(head_tokens.to(device_of(self.hp3)))
-        if head_tokens.dim() != 2:
-            raise HP3Error(f"head_tokens must be [N, D], got shape {list(head_tokens.shape)}")
-        enc = self.hp3.config.encoder
-        if head_tokens.shape[-1] != enc.width:
-            raise HP3Error(f"head tokens are {head_tokens.shape[-1]} wide but these HP3 weights take {enc.width}; "
-                           "encode the head with the same HP3 file")
         return head_tokens.detach()
 
     def __call__(self, prompt=None, head_tokens=None, render: torch.Tensor | None = None, strength: float = 1.0,
@@ -122,89 +117,61 @@ class HP3Pipeline:
             render: the shaded render [H, W, 3] or [B, H, W, 3], float 0..1 (one frame per
                 image; fewer frames repeat).
             strength: HP3's strength on the conditional rows (0: the base pipeline exactly).
-            start, end: the fraction of the denoising steps where HP3 acts.
+            start, end: where in the sampling HP3 acts, as percents of the noise schedule
+                (ComfyUI's start_percent/end_percent, :class:`~hp3_core.head_control.SamplingWindow`).
             pipe_kwargs: passed to the pipeline (``num_inference_steps``, ``guidance_scale``,
                 ``generator``, ``height``, ``width``, ``output_type``, ...).
         """
         if head_tokens is None or render is None:
             raise HP3Error("HP3Pipeline needs head_tokens (or HeadFeatures) and a render")
-        if not 0.0 <= start <= end <= 1.0:
-            raise HP3Error(f"start/end must satisfy 0 <= start <= end <= 1, got {start}/{end}")
+        window = SamplingWindow(float(start), float(end))
         unet = self.pipe.unet
-        device = unet.device
-        self.hp3.to(device)
-        state = _RunState(tokens=self.tokens_of(head_tokens).to(device), renders=_as_renders(render).to(device),
-                          strength=float(strength), start=float(start), end=float(end))
-        with installed(unet, self.hp3.config.controller), self._hooks(unet, state):
+        self.hp3.to(unet.device)
+        control = make_head_control(self.hp3, self.tokens_of(head_tokens), _as_renders(render), strength, window,
+                                    backend=str(getattr(self.hp3.config, "render_backend", "?")),
+                                    weights_path=self.weights_path)
+        with installed(unet, self.hp3.config, self.weights_path), self._hooks(unet, control):
             return self.pipe(prompt=prompt, **pipe_kwargs)
 
     @contextlib.contextmanager
-    def _hooks(self, unet, state: _RunState) -> Iterator[None]:
-        pre = unet.register_forward_pre_hook(lambda m, a, k: self._before(m, a, k, state), with_kwargs=True)
-        post = unet.register_forward_hook(lambda m, a, o: self._after(state), always_call=True)
+    def _hooks(self, unet, control: HeadControl) -> Iterator[None]:
+        active: list = []  # the token of the connector state made active before the UNet call
+        pre = unet.register_forward_pre_hook(lambda m, a, k: self._before(m, a, k, control, active),
+                                             with_kwargs=True)
+        post = unet.register_forward_hook(lambda m, a, o: _leave(active), always_call=True)
         try:
             yield
         finally:
             pre.remove()
             post.remove()
-            self._after(state)
+            _leave(active)
 
-    def _after(self, state: _RunState) -> None:
-        if state.token is not None:
-            leave_active(state.token)
-            state.token = None
-
-    def _before(self, unet, args, kwargs, state: _RunState) -> None:
-        step = state.calls
-        state.calls += 1
-        timesteps = getattr(self.pipe.scheduler, "timesteps", None)
-        total = max(1, len(timesteps)) if timesteps is not None else 1
-        self._after(state)
-        active = self.conditions_for(unet, args, kwargs, state, step / total)
-        if active is not None:
-            state.token = enter_active(active)
-
-    def conditions_for(self, unet, args, kwargs, state: _RunState, fraction: float) -> ActiveConditions | None:
-        """The :class:`ActiveConditions` of one UNet call, or None (the base UNet) when HP3 is off."""
-        in_window = state.start <= fraction < state.end or (state.end >= 1 and fraction >= state.start)
-        if state.strength == 0 or not in_window:
-            return None
+    def _before(self, unet, args, kwargs, control: HeadControl, active: list) -> None:
+        _leave(active)
         sample = args[0] if args else kwargs["sample"]
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
         batch = sample.shape[0]
         cfg = bool(getattr(self.pipe, "do_classifier_free_guidance", False)) and batch % 2 == 0
-        first = batch // 2 if cfg else 0  # diffusers: [uncond, cond]
-        rows = torch.arange(first, batch, device=sample.device)
-        n = len(rows)
+        rows = torch.arange(batch // 2 if cfg else 0, batch, device=sample.device)  # diffusers: [uncond, cond]
         t = torch.as_tensor(timestep, device=sample.device).float().flatten()
         t = t.expand(batch) if t.numel() == 1 else t
-        dtype = _dtype_of(self.hp3)
-        h, w = sample.shape[-2:]
-        hint = hint_frames(state.renders, h, w, n)
-        tokens = state.tokens.unsqueeze(0).expand(n, *state.tokens.shape)
         y = None
         if self.family == "sdxl":
             added = kwargs.get("added_cond_kwargs") or {}
             if "text_embeds" not in added or "time_ids" not in added:
                 raise HP3Error("the SDXL UNet call has no added_cond_kwargs text_embeds/time_ids; "
                                "use a StableDiffusionXLPipeline")
-            y = sdxl_added_cond(unet, added["text_embeds"][rows], added["time_ids"][rows]).to(dtype)
-        with torch.no_grad():
-            conds = self.hp3.conditions(sample[rows].to(dtype), t[rows], tokens.to(dtype), hint.to(dtype), y)
-        return conditions_for_rows(conds, rows, batch, state.strength, self.hp3.connector,
-                                   f"the HP3 weights '{self.weights_path}'")
+            y = sdxl_added_cond(unet, added["text_embeds"][rows], added["time_ids"][rows])
+        train_steps = int(getattr(self.pipe.scheduler.config, "num_train_timesteps", NUM_TRAIN_TIMESTEPS))
+        state = prepare_call(control, self.hp3, sample[rows], t[rows], float(t[rows[0]]) * NUM_TRAIN_TIMESTEPS
+                             / train_steps, rows, batch, per_chunk=len(rows), y=y)
+        if state is not None:
+            active.append(enter_active(state))
 
 
-class _RunState:
-    def __init__(self, tokens: torch.Tensor, renders: torch.Tensor, strength: float, start: float, end: float):
-        self.tokens, self.renders = tokens, renders
-        self.strength, self.start, self.end = strength, start, end
-        self.calls = 0
-        self.token = None
-
-
-def _dtype_of(module) -> torch.dtype:
-    return next(module.parameters()).dtype
+def _leave(active: list) -> None:
+    while active:
+        leave_active(active.pop())
 
 
 def load_pipeline(folder: str | Path, torch_dtype: torch.dtype | None = None):

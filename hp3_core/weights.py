@@ -1,4 +1,4 @@
-"""HP3 weight files: one ``.safetensors`` holding the encoder heads, controller and connector.
+"""HP3 weight files: one ``.safetensors`` holding the token decoder, controller and connector.
 
 Layout of a file::
 
@@ -8,7 +8,10 @@ Layout of a file::
 
 ``__metadata__`` (all values are strings, as safetensors requires):
 
-* ``hp3.format_version``: integer, :data:`FORMAT_VERSION` of the writer;
+* ``hp3.format_version``: integer, :data:`FORMAT_VERSION` of the writer. It also versions the
+  tensor keys: version 1 named the token decoder ``encoder.*``, version 2 ``token_decoder.*``
+  (:data:`KEY_RENAMES`). Files of every version are read into the current key layout, so the
+  loaded state dict and the messages use today's names;
 * ``hp3.family``: ``sd15`` or ``sdxl``;
 * ``hp3.config``: :class:`~hp3_core.config.HP3Config` as JSON;
 * anything else the writer adds (training step, dataset), kept as is.
@@ -45,7 +48,10 @@ from .errors import HP3Error, WeightFileError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Key prefixes renamed since each format version: (old prefix, current prefix). Applied in order
+# to every key of a file written with that version or older.
+KEY_RENAMES: dict[int, tuple[tuple[str, str], ...]] = {1: (("encoder.", "token_decoder."),)}
 META_FORMAT = "hp3.format_version"
 META_FAMILY = "hp3.family"
 META_CONFIG = "hp3.config"
@@ -166,7 +172,7 @@ def read_hp3_header(path: str | Path) -> tuple[HP3Config, dict[str, str], dict[s
     """Check an HP3 file's structure and metadata without reading its tensors.
 
     Returns:
-        (config, metadata, tensor specs by key).
+        (config, metadata, tensor specs by key in today's layout, see :func:`current_key`).
 
     Raises:
         WeightFileError: the file is missing, not safetensors, truncated, not an HP3 file, from a
@@ -190,7 +196,23 @@ def read_hp3_header(path: str | Path) -> tuple[HP3Config, dict[str, str], dict[s
     if metadata.get(META_FAMILY, config.family) != config.family:
         raise WeightFileError(path, f"metadata family '{metadata[META_FAMILY]}' contradicts its config "
                               f"family '{config.family}'", FIX_MISMATCH)
-    return config, metadata, specs
+    return config, metadata, {current_key(k, version): s for k, s in specs.items()}
+
+
+def current_key(key: str, version: int) -> str:
+    """``key`` of a file written with format ``version``, in today's key layout."""
+    for since, renames in sorted(KEY_RENAMES.items()):
+        if version <= since:
+            for old, new in renames:
+                if key.startswith(old):
+                    key = new + key[len(old):]
+                    break
+    return key
+
+
+def file_version(metadata: Mapping[str, str]) -> int:
+    """The format version of a file whose header :func:`read_hp3_header` accepted."""
+    return int(metadata[META_FORMAT])
 
 
 def load_hp3_weights(path: str | Path, expected: Mapping[str, tuple[int, ...]] | None = None,
@@ -220,6 +242,8 @@ def load_hp3_weights(path: str | Path, expected: Mapping[str, tuple[int, ...]] |
         state_dict = load_file(str(path), device=str(device))
     except Exception as err:  # the header was fine, so this is damage inside the data
         raise WeightFileError(path, f"its tensors cannot be read ({err})", FIX_REDOWNLOAD) from None
+    version = file_version(metadata)
+    state_dict = {current_key(k, version): v for k, v in state_dict.items()}
     check_finite(path, state_dict)
     return HP3Weights(path=str(path), config=config, state_dict=state_dict, metadata=metadata)
 

@@ -6,7 +6,7 @@ import torch
 from ..hp3_core.head3d.reconstructor import BACKENDS, FLAME_FILES, SMIRK_FILES, build_reconstructor, find_file
 from ..hp3_core.head3d.retarget import RetargetMode
 from ..hp3_core.head3d.retarget_images import check_face_index, check_smoothing, retarget_images
-from . import input_checks, model_folders
+from . import input_checks, model_folders, sockets
 from .previews import preview_ui
 from .progress import frame_callback
 
@@ -115,8 +115,7 @@ class HP3HeadRetarget:
 
 def check_inputs(reconstructor, source, driving, mode: str, region: str, missing_face: str) -> None:
     """The retarget node's inputs, each failure an HP3Error naming the input and the fix."""
-    input_checks.connected("reconstructor", reconstructor, ("from_landmarks", "head_model"),
-                           "Load HP3 3D Reconstructor")
+    sockets.reconstructor(reconstructor)
     input_checks.image_batch("source", source)
     input_checks.image_batch("driving", driving)
     input_checks.choice("mode", mode, [m.value for m in RetargetMode])

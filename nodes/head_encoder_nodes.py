@@ -6,11 +6,11 @@ import os
 import torch
 
 from ..hp3_core.head_encoder.encode_heads import encode_heads, preview
-from ..hp3_core.head_encoder.face_analysis import PACK_CHOICES, PROVIDERS
+from ..hp3_core.head_encoder.face_analysis import PACK_CHOICES, PROVIDERS, FaceAnalyzer
 from ..hp3_core.head_encoder.identity import ALL_DETECTIONS, IDENTITY_CHOICES, identity_analyzer_cache
 from ..hp3_core.head_encoder.head_crop import HEAD_SCALE
 from ..hp3_core.image_io import comfy_to_numpy
-from . import input_checks, model_folders
+from . import input_checks, model_folders, sockets
 from .previews import preview_ui
 from .progress import frame_callback
 
@@ -93,7 +93,7 @@ class HP3HeadEncode:
         }}
 
     def encode(self, face_analysis, clip_vision, image: torch.Tensor, face_index: int, crop_scale: float):
-        input_checks.connected("face_analysis", face_analysis, ("analyze",), "Load HP3 Face Analysis")
+        sockets.expect(face_analysis, FaceAnalyzer, "face_analysis", "Load HP3 Face Analysis")
         input_checks.connected("clip_vision", clip_vision, ("encode_image",), "Load CLIP Vision")
         input_checks.image_batch("image", image)
         face_index = input_checks.whole("face_index", face_index, 0, 16, "0 = the largest face")

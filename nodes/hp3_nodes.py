@@ -1,15 +1,18 @@
 """Nodes that apply HP3 to a MODEL: the head controller, the adaptive connector, and both in one."""
 from __future__ import annotations
 
-from .hp3_patch import HP3Conditions, apply_hp3, make_conditions
+from ..hp3_core.head_control import HeadControl
+from .hp3_patch import apply_hp3, head_control_from_inputs
 
 _STRENGTH = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01,
                        "tooltip": "How strongly the head conditions change the UNet (0 = this node changes "
                                   "nothing; an HP3 applied earlier stays)."})
 _START = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
-                    "tooltip": "Fraction of the sampling (0 = first step) where HP3 starts."})
+                    "tooltip": "Where HP3 starts, as a percent of the noise schedule (0 = the noisiest "
+                               "start), as in Apply ControlNet's start_percent."})
 _END = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
-                  "tooltip": "Fraction of the sampling where HP3 stops (1 = the last step)."})
+                  "tooltip": "Where HP3 stops, as a percent of the noise schedule (1 = the very end), as "
+                             "in Apply ControlNet's end_percent."})
 _HP3_MODEL = ("HP3_MODEL", {"tooltip": "From Load HP3 Model (its base family must match the MODEL's)."})
 _HEAD = ("HP3_HEAD", {"tooltip": "The source person's head, from HP3 Head Encode."})
 _HEAD3D = ("HP3_HEAD3D", {"tooltip": "The retargeted 3D head renders, from HP3 3D Head Retarget "
@@ -35,8 +38,8 @@ class HP3HeadController:
                              "strength": _STRENGTH, "start_percent": _START, "end_percent": _END}}
 
     def build(self, hp3_model, head, head3d, strength: float = 1.0, start_percent: float = 0.0,
-              end_percent: float = 1.0) -> tuple[HP3Conditions]:
-        return (make_conditions(hp3_model, head, head3d, strength, start_percent, end_percent),)
+              end_percent: float = 1.0) -> tuple[HeadControl]:
+        return (head_control_from_inputs(hp3_model, head, head3d, strength, start_percent, end_percent),)
 
 
 class HP3ApplyConnector:
@@ -57,7 +60,7 @@ class HP3ApplyConnector:
         return {"required": {"model": _MODEL, "conditions": ("HP3_CONDITIONS", {
             "tooltip": "From HP3 Head Controller."})}}
 
-    def apply(self, model, conditions: HP3Conditions):
+    def apply(self, model, conditions: HeadControl):
         return (apply_hp3(model, conditions),)
 
 

@@ -3,8 +3,9 @@
 The method's math lives in :mod:`hp3_core` (controller, connector). This module only plugs it into
 ComfyUI's ModelPatcher, on a **clone** of the MODEL (other clones are untouched):
 
-* a UNet function wrapper (:class:`HP3UNetWrapper`) runs the head controller once per model
-  call, on the conditional rows only, and makes the conditions current
+* a UNet function wrapper (:class:`HP3UNetWrapper`) prepares each model call with
+  :func:`hp3_core.head_control.prepare_call` (the head controller on the conditional rows only,
+  the function the diffusers pipeline uses too) and makes the connector state current
   (:func:`hp3_core.connector.active`) while the UNet runs;
 * an output-block patch (:class:`HP3OutputPatch`) adds ``ZeroConv(c)`` to the decoder features
   before each skip concatenation (:func:`hp3_core.connector.inject`);
@@ -46,36 +47,18 @@ from typing import Any
 import torch
 
 from ..hp3_core import connector as hp3_connector
-from ..hp3_core.connector import ModulatedGroupNorm
-from ..hp3_core.apply_checks import (check_connector_finite, check_finite_number, check_head_finite, device_of,
-                                     stack_renders, warn_if_other_backend)
+from ..hp3_core.apply_checks import check_decoder_fits, check_head_finite, device_of
+from ..hp3_core.connector import ConnectorState, ModulatedGroupNorm
 from ..hp3_core.errors import HP3Error
-from ..hp3_core.hint import conditions_for_rows, hint_frames
+from ..hp3_core.head_control import HeadControl, SamplingWindow, make_head_control, prepare_call, timestep_of_sigma
 from ..hp3_core.weights import check_family
+from . import sockets
 from .hp3_memory import compute_dtype, ensure_loaded, host_loads_patch_models, hp3_patcher, model_device
 from .model_family import model_family
 
 log = logging.getLogger(__name__)
 
-IN_MEMORY = "<in-memory HP3 model>"
 HP3_KEY = "hp3"  # transformer_options key: the MODEL's HP3Install (the host passes it to every call)
-
-
-def _is_hp3_model(obj: Any) -> bool:
-    return all(hasattr(obj, a) for a in ("encoder", "controller", "connector", "conditions", "head_tokens"))
-
-
-def unwrap_hp3_model(obj: Any) -> tuple[Any, str, dict]:
-    """(HP3Model, weights path, metadata) of an HP3_MODEL socket value (loaded wrapper or model)."""
-    if obj is None:
-        raise HP3Error("no HP3 model is connected: connect 'Load HP3 Model' to the hp3_model input")
-    if _is_hp3_model(obj):
-        return obj, IN_MEMORY, {}
-    inner = getattr(obj, "model", None)
-    if inner is not None and _is_hp3_model(inner):
-        return inner, str(getattr(obj, "path", IN_MEMORY)), dict(getattr(obj, "metadata", {}) or {})
-    raise HP3Error(f"the hp3_model input is a {type(obj).__name__}, not an HP3 model: "
-                   f"connect 'Load HP3 Model' to it")
 
 
 def _to_device(model: torch.nn.Module, device: torch.device) -> None:
@@ -84,78 +67,18 @@ def _to_device(model: torch.nn.Module, device: torch.device) -> None:
         model.to(device)
 
 
-@dataclass(frozen=True, eq=False)
-class HP3Conditions:
-    """What the head controller node gives (socket type ``HP3_CONDITIONS``).
-
-    Attributes:
-        model: the HP3Model (shared, never copied).
-        tokens: [N, D] head tokens of the person (computed once, with the model's token decoder).
-        renders: [F, H, W, 3] the shaded 3D renders in 0..1, one per driving frame.
-        strength: multiplies every change the connector makes (0 = the base UNet).
-        start_percent, end_percent: the part of the sampling where HP3 applies.
-        backend, full_head: the 3D backend of the renders (mediapipe is face only).
-        weights_path: the HP3 weights' file (for messages).
-    """
-
-    model: Any
-    tokens: torch.Tensor
-    renders: torch.Tensor
-    strength: float = 1.0
-    start_percent: float = 0.0
-    end_percent: float = 1.0
-    backend: str = "?"
-    full_head: bool = True
-    weights_path: str = IN_MEMORY
-
-    def __deepcopy__(self, memo):
-        return self  # immutable; shares the HP3 weights
-
-    @property
-    def family(self) -> str:
-        return self.model.config.family
-
-
-def _renders(head3d: Any) -> torch.Tensor:
-    maps = getattr(head3d, "maps", None)
-    if not maps:
-        raise HP3Error("the head3d input holds no rendered frames: connect 'HP3 3D Head Retarget' "
-                       "with at least one driving image")
-    return stack_renders([m.shaded for m in maps])
-
-
-def make_conditions(hp3_model: Any, head: Any, head3d: Any, strength: float = 1.0,
-                    start_percent: float = 0.0, end_percent: float = 1.0) -> HP3Conditions:
-    """The HP3 conditions of one person (``head``) and its retargeted 3D renders (``head3d``)."""
-    model, path, _ = unwrap_hp3_model(hp3_model)
-    if head is None:
-        raise HP3Error("no head is connected: connect 'HP3 Head Encode' to the head input")
-    if head3d is None:
-        raise HP3Error("no 3D head is connected: connect 'HP3 3D Head Retarget' to the head3d input")
-    check_finite_number("strength", strength)
-    check_finite_number("start_percent", start_percent)
-    check_finite_number("end_percent", end_percent)
-    if strength < 0:
-        raise HP3Error(f"HP3 input 'strength' must be 0 or more (0 = no change), got {strength}")
-    if not 0.0 <= start_percent <= end_percent <= 1.0:
-        raise HP3Error(f"HP3 start_percent ({start_percent}) must not exceed end_percent ({end_percent}); "
-                       f"both are between 0 and 1")
-    check_head_finite(head)
-    check_connector_finite(model, path)
+def head_control_from_inputs(hp3_model: Any, head: Any, head3d: Any, strength: float = 1.0,
+                             start_percent: float = 0.0, end_percent: float = 1.0) -> HeadControl:
+    """The :class:`HeadControl` of the head controller node's inputs (each checked by type)."""
+    model, path, _ = sockets.hp3_model(hp3_model)
+    features = sockets.head(head)
+    retargeted = sockets.head3d(head3d)
+    window = SamplingWindow(start_percent, end_percent)
+    check_head_finite(features)
     with torch.no_grad():
-        device = device_of(model.encoder)
-        features = head.to(device) if hasattr(head, "to") else head
-        tokens = model.head_tokens(features).detach()
-    if not torch.isfinite(tokens).all():
-        raise HP3Error(f"the head tokens of HP3 weights '{path}' are not finite (NaN/inf): the weights or "
-                       f"the head features are damaged; re-encode the head or re-download the weights")
-    renders = _renders(head3d)
-    backend = str(getattr(head3d, "backend", "?"))
-    warn_if_other_backend(getattr(model.config, "render_backend", None), backend, path)
-    return HP3Conditions(model=model, tokens=tokens, renders=renders, strength=float(strength),
-                         start_percent=float(start_percent), end_percent=float(end_percent),
-                         backend=backend, full_head=bool(getattr(head3d, "full_head", True)),
-                         weights_path=path)
+        tokens = model.head_tokens(features.to(device_of(model.token_decoder))).detach()
+    return make_head_control(model, tokens, [m.shaded for m in retargeted.maps], strength, window,
+                             backend=retargeted.backend, full_head=retargeted.full_head, weights_path=path)
 
 
 @dataclass(frozen=True, eq=False)
@@ -246,7 +169,7 @@ class HP3UNetWrapper(_SharedPatch):
     """The UNet function wrapper: runs the head controller on the conditional rows, then the UNet.
 
     Args:
-        conditions: the :class:`HP3Conditions`.
+        control: the :class:`~hp3_core.head_control.HeadControl`.
         model_sampling: the MODEL's model sampling (sigma <-> timestep, input scaling).
         inner: a wrapper the MODEL already had; it is called inside this one (chained).
         install: the :class:`HP3Install` this wrapper belongs to (None: always acts).
@@ -254,27 +177,24 @@ class HP3UNetWrapper(_SharedPatch):
             (:func:`.hp3_memory.hp3_patcher`); None: the float32 model, moved by hand.
     """
 
-    def __init__(self, conditions: HP3Conditions, model_sampling: Any, inner: Any = None,
+    def __init__(self, control: HeadControl, model_sampling: Any, inner: Any = None,
                  install: HP3Install | None = None, patcher: Any = None) -> None:
-        self.conditions = conditions
+        self.control = control
         self.model_sampling = model_sampling
         self.inner = inner
         self.install = install
         self.patcher = patcher
-        self.sigma_start = float(model_sampling.percent_to_sigma(conditions.start_percent))
-        self.sigma_end = float(model_sampling.percent_to_sigma(conditions.end_percent))
-        self._hints: dict[tuple, torch.Tensor] = {}  # resized renders by latent size and device
 
     # -- host protocol -----------------------------------------------------------------------
     def to(self, device_or_dtype=None, *args, **kwargs) -> HP3UNetWrapper:
         # The HP3 model's device is the host's business (its patcher); without one, move by hand.
         if self.patcher is None and device_or_dtype is not None and not isinstance(device_or_dtype, torch.dtype):
-            _to_device(self.conditions.model, torch.device(device_or_dtype))
+            _to_device(self.control.model, torch.device(device_or_dtype))
         inner = self.inner
         if inner is not None and hasattr(inner, "to"):
             moved = inner.to(device_or_dtype, *args, **kwargs)
             if moved is not inner:  # never mutate an installed patch: a new wrapper, same weights
-                return HP3UNetWrapper(self.conditions, self.model_sampling, moved, self.install, self.patcher)
+                return HP3UNetWrapper(self.control, self.model_sampling, moved, self.install, self.patcher)
         return self
 
     def models(self) -> list:
@@ -286,7 +206,7 @@ class HP3UNetWrapper(_SharedPatch):
     def running_model(self, device: torch.device) -> Any:
         """The HP3 model to run this call with, on ``device`` (loaded through the host when it can)."""
         if self.patcher is None:
-            model = self.conditions.model
+            model = self.control.model
         else:
             if not host_loads_patch_models():
                 ensure_loaded(self.patcher)  # 2024 host: it does not read .models()
@@ -301,9 +221,9 @@ class HP3UNetWrapper(_SharedPatch):
         current = _install_of_call(args)
         if self.install is not None and current is not None and current is not self.install:
             # A later Apply HP3 replaced this one, but another pack's wrapper still calls it:
-            # pass through, so only the MODEL's current HP3 runs (and its conditions stay active).
+            # pass through, so only the MODEL's current HP3 runs (and its connector state stays active).
             return self._call_inner(apply_model, args)
-        state = self.state_for(args["input"], args["timestep"], args["c"], args["cond_or_uncond"])
+        state = self.connector_state(args["input"], args["timestep"], args["c"], args["cond_or_uncond"])
         with hp3_connector.active(state), _wrapper_running(self.install):
             return self._call_inner(apply_model, args)
 
@@ -318,50 +238,38 @@ class HP3UNetWrapper(_SharedPatch):
         per = batch // chunks
         return [k * per + j for k, flag in enumerate(cond_or_uncond) if flag == 0 for j in range(per)]
 
-    def active_window(self, sigma: torch.Tensor) -> bool:
-        s = float(sigma.flatten()[0])
-        return self.sigma_end <= s <= self.sigma_start
+    def window_timestep(self, sigma: float) -> float:
+        """The continuous model timestep of ``sigma`` (the window is in timesteps, see SamplingWindow)."""
+        sigmas = getattr(self.model_sampling, "sigmas", None)
+        if sigmas is None:  # not a discrete schedule: its own timestep (SD1.5/SDXL are discrete)
+            return float(self.model_sampling.timestep(torch.tensor([sigma])).flatten()[0])
+        return timestep_of_sigma(sigma, sigmas)
 
-    def state_for(self, x: torch.Tensor, sigma: torch.Tensor, c: dict, cond_or_uncond: list):
-        """The :class:`ActiveConditions` of one model call, or None (base UNet) when HP3 is off."""
-        cond = self.conditions
-        if cond.strength == 0 or not self.active_window(sigma):
-            return None
+    def connector_state(self, x: torch.Tensor, sigma: torch.Tensor, c: dict,
+                        cond_or_uncond: list) -> ConnectorState | None:
+        """The connector state of one model call (:func:`~hp3_core.head_control.prepare_call`), or
+        None (base UNet) when HP3 is off."""
+        control = self.control
         batch = x.shape[0]
         rows = self.hp3_rows(batch, cond_or_uncond)
-        if not rows:
+        s = float(sigma.flatten()[0])
+        t = self.window_timestep(s)
+        if control.strength == 0 or not rows or not control.window.contains(t):
             return None
-        model = self.running_model(x.device)
         idx = torch.tensor(rows, device=x.device, dtype=torch.long)
-        per = batch // max(1, len(cond_or_uncond))
         ms = self.model_sampling
         sig = sigma.to(x.device)[idx]
-        sample = ms.calculate_input(sig, x[idx])
-        timesteps = ms.timestep(sig).float()
-        tokens = cond.tokens.to(x.device)
-        tokens = tokens.unsqueeze(0).expand(len(rows), *tokens.shape)
-        hint = self.hint(x.shape[-2], x.shape[-1], per, x.device)
-        hint = hint.repeat(len(rows) // per, 1, 1, 1) if per else hint
         y = c.get("y")
         if y is not None:
             y = y.to(x.device)[idx]
-        with torch.no_grad():
-            conds = model.conditions(sample, timesteps, tokens, hint, y)
+        model = self.running_model(x.device)
         try:
-            return conditions_for_rows(conds, idx, batch, cond.strength, model.connector,
-                                       f"the HP3 weights '{cond.weights_path}' (sigma {float(sig[0]):.4g})")
+            return prepare_call(control, model, ms.calculate_input(sig, x[idx]), ms.timestep(sig),
+                                t, idx, batch, batch // max(1, len(cond_or_uncond)), y,
+                                where=f"sigma {s:.4g}")
         except HP3Error:
-            _check_sampling_inputs(x[idx], y, float(sig[0]))  # only on failure: no sync per step
+            _check_sampling_inputs(x[idx], y, s)  # only on failure: no sync per step
             raise
-
-    def hint(self, h: int, w: int, per_chunk: int, device: torch.device) -> torch.Tensor:
-        """[per_chunk, 3, 8h, 8w] renders: center-cropped, resized, frames mapped to the rows."""
-        key = (h, w, per_chunk, str(device))
-        cached = self._hints.get(key)
-        if cached is None:  # the same every step: resize once per latent size
-            renders = self.conditions.renders.to(device).movedim(-1, 1)
-            cached = self._hints[key] = hint_frames(renders, h, w, per_chunk)
-        return cached
 
 
 def _check_sampling_inputs(latent: torch.Tensor, y: torch.Tensor | None, sigma: float) -> None:
@@ -408,34 +316,29 @@ def _without_hp3(m: Any) -> Any:
     return inner
 
 
-def apply_hp3(model_patcher: Any, conditions: HP3Conditions | None) -> Any:
+def apply_hp3(model_patcher: Any, conditions: HeadControl | None) -> Any:
     """A clone of ``model_patcher`` with HP3 installed (the original is left unchanged).
 
     One HP3 per MODEL: an HP3 already installed is replaced (logged). At strength 0 the clone is
     returned as it is, so an earlier HP3 stays (a strength-0 Apply only removes its own effect).
     """
     if model_patcher is None:
-        raise HP3Error("no MODEL is connected: connect a checkpoint loader's MODEL to HP3")
-    if conditions is None:
-        raise HP3Error("no HP3 conditions are connected: connect 'HP3 Head Controller'")
-    model = conditions.model
-    check_family(conditions.weights_path, model.config.family, model_family(model_patcher))
+        raise HP3Error("model: nothing is connected: connect a checkpoint loader's MODEL to HP3")
+    control = sockets.head_control(conditions)
+    model = control.model
+    check_family(control.weights_path, model.config.family, model_family(model_patcher))
     unet = model_patcher.model.diffusion_model
-    blocks = list(getattr(unet, "output_blocks", []))
-    expected = model.config.controller.decoder_channels()
-    if len(blocks) != len(expected):
-        raise HP3Error(f"HP3 weights '{conditions.weights_path}' expect a UNet with {len(expected)} decoder "
-                       f"blocks but this MODEL has {len(blocks)}; use a base model of the family "
-                       f"the weights were trained for ({model.config.family_name})")
+    norms = [_first_norm(i, block) for i, block in enumerate(getattr(unet, "output_blocks", []))]
+    check_decoder_fits([getattr(n, "num_channels", None) for n in norms], model.config, control.weights_path)
 
     earlier = installed_hp3(model_patcher)
     m = model_patcher.clone()
-    if conditions.strength == 0:
+    if control.strength == 0:
         if earlier is not None:
             log.info("HP3: this Apply HP3 has strength 0, so it adds nothing and leaves the HP3 applied "
                      "earlier to this MODEL (%s) in place", earlier.describe())
         return m
-    install = HP3Install(conditions.weights_path, conditions.strength)
+    install = HP3Install(control.weights_path, control.strength)
     if earlier is not None:
         log.warning("HP3: this MODEL already has HP3 applied (%s); the later Apply HP3 (%s) replaces it. "
                     "One HP3 per MODEL: to compare settings, apply each to its own copy of the MODEL.",
@@ -443,23 +346,22 @@ def apply_hp3(model_patcher: Any, conditions: HP3Conditions | None) -> Any:
     inner = _without_hp3(m)
     model_sampling = m.object_patches.get("model_sampling", m.model.model_sampling)
     patcher = hp3_patcher(model, compute_dtype(m), m.load_device, m.offload_device)
-    m.set_model_unet_function_wrapper(HP3UNetWrapper(conditions, model_sampling, inner, install, patcher))
+    m.set_model_unet_function_wrapper(HP3UNetWrapper(control, model_sampling, inner, install, patcher))
     m.set_model_output_block_patch(HP3OutputPatch(install))
     m.model_options["transformer_options"][HP3_KEY] = install
 
-    for i, (block, (dec, skip)) in enumerate(zip(blocks, expected)):
-        key = f"diffusion_model.output_blocks.{i}.0.in_layers.0"
-        try:
-            norm = block[0].in_layers[0]
-        except (AttributeError, IndexError, TypeError):
-            raise HP3Error(f"decoder block {i} of this MODEL is not a ResBlock; HP3 supports SD1.5/SDXL "
-                           f"UNets") from None
-        while isinstance(norm, ModulatedGroupNorm):  # the model is loaded with another HP3 clone
-            norm = norm.original
-        channels = getattr(norm, "num_channels", dec + skip)
-        if channels != dec + skip:
-            raise HP3Error(f"HP3 weights '{conditions.weights_path}' do not fit this MODEL: decoder block {i} "
-                           f"normalises {channels} channels, the weights expect {dec + skip}; use the "
-                           f"base model family they were trained for ({model.config.family_name})")
-        m.add_object_patch(key, ModulatedGroupNorm(norm, i))
+    for i, norm in enumerate(norms):
+        m.add_object_patch(f"diffusion_model.output_blocks.{i}.0.in_layers.0", ModulatedGroupNorm(norm, i))
     return m
+
+
+def _first_norm(index: int, block: Any) -> torch.nn.Module:
+    """The first GroupNorm of decoder block ``index`` (the original when another HP3 clone wrapped it)."""
+    try:
+        norm = block[0].in_layers[0]
+    except (AttributeError, IndexError, TypeError):
+        raise HP3Error(f"decoder block {index} of this MODEL is not a ResBlock; HP3 supports SD1.5/SDXL "
+                       f"UNets") from None
+    while isinstance(norm, ModulatedGroupNorm):  # the model is loaded with another HP3 clone
+        norm = norm.original
+    return norm

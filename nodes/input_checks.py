@@ -54,7 +54,11 @@ def choice(name: str, value: Any, options: list[str] | tuple[str, ...]) -> str:
 
 
 def connected(name: str, value: Any, attributes: tuple[str, ...], source: str) -> Any:
-    """A socket value that has ``attributes`` (i.e. came from ``source``)."""
+    """A host socket value that has ``attributes`` (i.e. came from ``source``).
+
+    Only for ComfyUI's own types (``CLIP_VISION``), whose class differs between host versions;
+    HP3's sockets are checked by type (:mod:`.sockets`).
+    """
     if value is None or not all(hasattr(value, a) for a in attributes):
         raise HP3Error(f"{name}: connect '{source}' to this input (got {type(value).__name__})")
     return value

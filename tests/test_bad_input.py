@@ -214,7 +214,7 @@ def test_read_only_and_full_disks_are_refused_before_any_work(tmp_path, assets):
 def retarget_node(comfy):
     m = comfy.nodes.NODE_CLASS_MAPPINGS
     (rec,) = m["HP3ReconstructorLoader"]().load("mediapipe", "cpu")
-    errors = pytest.importorskip("ComfyUI-HP3.hp3_core.errors")  # the pack's own copy of the module
+    errors = comfy.pack_module("hp3_core.errors")  # the pack's own copy of the module
     return m, rec, errors
 
 
@@ -252,11 +252,20 @@ def test_node_inputs_give_hp3_errors_naming_the_input(retarget_node, assets):
 
 def test_head_encode_and_face_analysis_inputs_are_checked(comfy):
     m = comfy.nodes.NODE_CLASS_MAPPINGS
-    errors = pytest.importorskip("ComfyUI-HP3.hp3_core.errors")
+    errors = comfy.pack_module("hp3_core.errors")
 
-    class Analyzer:  # stands in for a loaded face analysis; never reached
+    face_analysis = comfy.pack_module("hp3_core.head_encoder.face_analysis")
+
+    class Analyzer(face_analysis.FaceAnalyzer):  # stands in for a loaded face analysis; never reached
+        def __init__(self):
+            pass
+
         def analyze(self, *a, **k):
             raise AssertionError("inputs are checked before any analysis")
+
+    class LookAlike:  # has the method, is not a face analysis
+        def analyze(self, *a, **k):
+            raise AssertionError("a look-alike is refused before any analysis")
 
     class Clip:
         def encode_image(self, *a, **k):
@@ -268,7 +277,9 @@ def test_head_encode_and_face_analysis_inputs_are_checked(comfy):
              ((Analyzer(), Clip(), image, -1, 2.2), "face_index must be a whole number"),
              ((Analyzer(), Clip(), image, 0, 0.0), "crop_scale must be a number from 1.2 to 4"),
              ((Analyzer(), Clip(), image, 0, float("inf")), "crop_scale"),
-             ((None, Clip(), image, 0, 2.2), "face_analysis: connect 'Load HP3 Face Analysis'"),
+             ((None, Clip(), image, 0, 2.2), "face_analysis: nothing is connected: connect 'Load HP3 Face Analysis'"),
+             ((LookAlike(), Clip(), image, 0, 2.2), "face_analysis: expected the output of 'Load HP3 Face Analysis', "
+                                                    "got a LookAlike"),
              ((Analyzer(), object(), image, 0, 2.2), "clip_vision: connect")]
     for args, message in cases:
         with pytest.raises(errors.HP3Error, match=message):

@@ -88,7 +88,7 @@ def test_loader_node_lists_loads_and_rejects_family(comfy, hp3_folder, tiny_mode
     loader = comfy.nodes.NODE_CLASS_MAPPINGS["HP3ModelLoader"]
     assert "tiny_xl.safetensors" in loader.INPUT_TYPES()["required"]["hp3_name"][0]
     (weights,) = loader().load("tiny_xl.safetensors")
-    assert weights.family == "sdxl" and weights.state_dict["encoder.queries"].shape == (4, 64)
+    assert weights.family == "sdxl" and weights.state_dict["token_decoder.queries"].shape == (4, 64)
     info = comfy.nodes.NODE_CLASS_MAPPINGS["HP3ModelInfo"]().describe(weights)
     assert "SDXL" in info["ui"]["text"][0] and info["result"][0] == info["ui"]["text"][0]
     weights_mod = comfy.pack_module("hp3_core.weights")

@@ -216,7 +216,6 @@ def test_load_face_analyzer_picks_dlib_and_maps_detection(tmp_path):
 
 def test_config_records_identity_and_its_width():
     from harness.tiny_hp3 import tiny_hp3_config
-    from hp3_core.unet_convert import controller_config_from_unet  # noqa: F401 - import check only
     cfg = tiny_hp3_config()
     assert cfg.encoder.identity == "insightface" and cfg.encoder.id_dim == 512
     data = cfg.to_dict()

@@ -133,7 +133,7 @@ def test_training_with_dlib_lowers_the_identity_loss_and_records_dlib(dlib_setup
     trainer.setup()
     try:
         assert trainer.hp3.config.encoder.identity == "dlib"
-        assert trainer.hp3.encoder.id_proj.weight.shape[1] == 128
+        assert trainer.hp3.token_decoder.id_proj.weight.shape[1] == 128
         batch = next(iter(trainer.loader))
         assert batch["source_arcface"].shape[1] == 128
         ids = []

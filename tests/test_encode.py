@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.needs import installed
 from harness.tiny_clip import comfy_clip_vision, tiny_clip_model, write_tiny_clip_folder
 from harness.tiny_hp3 import write_tiny_hp3
 from harness.tiny_onnx import write_tiny_pack
@@ -59,7 +60,7 @@ def test_encode_without_insightface_models_lists_the_folders(models, assets, tmp
 
 
 def test_encode_without_insightface_uses_dlib_and_insightface_weights_refuse_it(models, assets, tmp_path):
-    pytest.importorskip("dlib", reason="dlib-bin is installed by make test")
+    installed("dlib", "the dlib identity backend needs dlib-bin")
     src = str(assets / "faces" / "source_s42.jpg")
     common = ("--models-dir", str(tmp_path / "none"), "--clip-vision", str(models / "clip"))
     out = cli("encode", "--source", src, *common, "--out", str(tmp_path / "d.safetensors"))
@@ -112,7 +113,7 @@ def test_head_encode_node_with_comfy_clip_vision(comfy, models, assets, tmp_path
 def test_face_analysis_node_chooses_dlib_and_head_encode_uses_it(comfy, assets, tmp_path):
     """identity 'dlib' in the loader node: 128-d identity, MediaPipe detection for 'insightface',
     and the Head Encode report names the backend."""
-    pytest.importorskip("dlib", reason="dlib-bin is installed by make test")
+    installed("dlib", "the dlib identity backend needs dlib-bin")
     clip = comfy_clip_vision(tiny_clip_model(), tmp_path)
     m = comfy.nodes.NODE_CLASS_MAPPINGS
     loader = m["HP3FaceAnalysisLoader"]

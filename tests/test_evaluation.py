@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.needs import installed
 from harness.tiny_clip import write_tiny_clip_folder
 from harness.tiny_clip_model import write_tiny_clip_model
 from harness.tiny_hp3 import write_tiny_hp3
@@ -271,7 +272,7 @@ def test_evaluate_command_end_to_end_and_resume(models, assets, tmp_path):
 def test_evaluate_generated_without_insightface_scores_face_sim_with_dlib(assets, tmp_path):
     """No insightface file anywhere: face_sim comes from dlib's public-domain model, labelled, and is
     higher for another frame of the source person than for another person."""
-    pytest.importorskip("dlib", reason="dlib-bin is installed by make test")
+    installed("dlib", "the dlib identity backend needs dlib-bin")
     given = tmp_path / "given" / "p"
     given.mkdir(parents=True)
     shutil.copyfile(assets / "id_group_hp3" / "frame_2.png", given / "0_same.png")

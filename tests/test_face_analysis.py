@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.needs import installed
 from harness.tiny_onnx import write_tiny_arcface, write_tiny_pack
 from hp3_core.errors import InputImageError, MissingModelFileError
 from hp3_core.head_encoder import face_analysis as fa
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytest.importorskip("onnxruntime", reason="onnxruntime is optional (face analysis needs it)")
-pytest.importorskip("insightface", reason="insightface is optional (face analysis needs it)")
+installed("onnxruntime", "face analysis runs its ONNX models")
+installed("insightface", "face analysis uses its alignment and model zoo")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def pack_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def analyzer(pack_root) -> fa.InsightFaceAnalyzer:
-    pytest.importorskip("mediapipe", reason="mediapipe is optional (detection='mediapipe' needs it)")
+    installed("mediapipe", "detection='mediapipe' needs it")
     return fa.InsightFaceAnalyzer([pack_root], detection="mediapipe")
 
 
@@ -262,7 +263,7 @@ def test_pack_layouts_and_auto_order(tmp_path):
 
 
 def test_analyzer_cache_reuses_sessions(pack_root, tmp_path):
-    pytest.importorskip("mediapipe")
+    installed("mediapipe", "detection='mediapipe' needs it")
     cache = fa.AnalyzerCache(max_entries=2)
     a = cache.get([pack_root], detection="mediapipe")
     assert cache.get([str(pack_root)], detection="mediapipe") is a

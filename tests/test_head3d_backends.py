@@ -11,7 +11,7 @@ import torch
 
 from harness.smirk_files import write_synthetic_models
 from hp3_core.errors import MissingModelFileError
-from hp3_core.head3d.reconstructor import BACKENDS, MediaPipeReconstructor, build_reconstructor
+from hp3_core.head3d.reconstructor import BACKENDS, build_reconstructor
 from hp3_core.head3d.retarget_images import retarget_images
 from hp3_core.image_io import load_image
 

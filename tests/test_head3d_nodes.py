@@ -38,11 +38,11 @@ def test_batch_of_driving_frames(nodes, assets):
     assert "face only" in info and out["ui"]["images"] and out["ui"]["text"] == [info]
 
 
-def test_missing_face_policy(nodes, assets):
+def test_missing_face_policy(comfy, nodes, assets):
     source = as_image(load_image(assets / "faces" / "source_s42.jpg"))
     d9 = load_image(assets / "faces" / "driving_d9.jpg")
     cat = load_image(assets / "faces" / "source_s39.jpg")[:720, :720]
-    errors = pytest.importorskip("ComfyUI-HP3.hp3_core.errors")
+    errors = comfy.pack_module("hp3_core.errors")
     with pytest.raises(errors.InputImageError, match="driving frame 1"):
         run_retarget(nodes, source, as_image(d9, cat))
     out = run_retarget(nodes, source, as_image(d9, cat), missing_face="blank maps")

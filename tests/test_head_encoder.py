@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from harness.needs import installed
 from harness.tiny_clip import TINY_CLIP as HARNESS_TINY_CLIP
 from harness.tiny_hp3 import tiny_hp3_config, tiny_state_dict
 from hp3_core.config import HeadEncoderConfig
@@ -17,7 +18,7 @@ from hp3_core.head_encoder.clip_vision import CLIP_MEAN, CLIP_STD, ClipVisionEnc
 from hp3_core.head_encoder.features import HeadFeatures
 from hp3_core.head_encoder.token_decoder import ClipWidthMismatchError, HeadTokenDecoder, check_clip_width
 
-transformers = pytest.importorskip("transformers")
+transformers = installed("transformers", "the CLIP vision encoder is a transformers model")
 
 TINY_CLIP = {k: v for k, v in HARNESS_TINY_CLIP.items() if k != "projection_dim"}
 
@@ -203,7 +204,8 @@ def test_padded_batch_with_ref_mask_equals_the_unpadded_items():
 def test_state_dict_keys_match_the_weight_file_layout():
     config = tiny_hp3_config()
     dec = HeadTokenDecoder(config.encoder, seed=1)
-    file_sd = {k[len("encoder."):]: v for k, v in tiny_state_dict(config, seed=3).items() if k.startswith("encoder.")}
+    file_sd = {k[len("token_decoder."):]: v for k, v in tiny_state_dict(config, seed=3).items()
+               if k.startswith("token_decoder.")}
     assert {"id_proj.weight", "id_proj.bias", "clip_proj.weight", "clip_proj.bias", "queries"} <= set(file_sd)
     assert {k: v.shape for k, v in file_sd.items()} == {k: v.shape for k, v in dec.state_dict().items()}
     dec.load_state_dict(file_sd)  # strict

@@ -681,7 +681,7 @@ def test_header_length_beyond_the_file_reads_nothing_more(tmp_path):
     ('{"a": [[[[[1]]]]]}', "nests deeper"),
     (json.dumps({"notes": {"x": "y" * 200_000}}), "characters of JSON"),
     ("[]", "not a JSON object"),
-    (config_with(encoder__num_tokens=5), "shape mismatch for 'encoder.queries'"),
+    (config_with(encoder__num_tokens=5), "shape mismatch for 'token_decoder.queries'"),
 ])
 def test_config_is_checked_before_any_model_is_built(good_hp3, tmp_path, config, needle):
     path = rewrite(good_hp3, tmp_path / "cfg.safetensors", **{META_CONFIG: config})

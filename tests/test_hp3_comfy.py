@@ -15,7 +15,9 @@ import torch
 
 from harness.comfy_inprocess import make_conditioning
 from harness.tiny_hp3 import tiny_hp3_config, tiny_hp3_model, write_tiny_hp3
+from hp3_core.head3d.retarget_images import RetargetResult
 from hp3_core.head_encoder.features import HeadFeatures
+from hp3_core.render.maps import RenderedMaps
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -27,10 +29,15 @@ def make_head(seed: int = 0, clip_width: int = 48) -> HeadFeatures:
                         keypoints=[np.zeros((5, 2), np.float32)], clip_width=clip_width)
 
 
-def make_head3d(frames: int = 1, size: tuple[int, int] = (64, 64), seed: int = 0, backend: str = "smirk"):
+def make_head3d(frames: int = 1, size: tuple[int, int] = (64, 64), seed: int = 0,
+                backend: str = "smirk") -> RetargetResult:
+    """A retarget result whose frames hold random shaded renders (the other maps blank)."""
     gen = torch.Generator().manual_seed(seed)
-    maps = [SimpleNamespace(shaded=torch.rand(1, *size, 3, generator=gen)) for _ in range(frames)]
-    return SimpleNamespace(maps=maps, backend=backend, full_head=backend != "mediapipe")
+    blank = torch.zeros(1, *size, 3)
+    maps = [RenderedMaps(shaded=torch.rand(1, *size, 3, generator=gen), normal=blank, depth=blank,
+                         mask=torch.zeros(1, *size)) for _ in range(frames)]
+    return RetargetResult(heads=None, maps=maps, found=list(range(frames)), missing={}, source_face=None,
+                          backend=backend, full_head=backend != "mediapipe")
 
 
 def sample(model, seed=1, steps=3, cfg=4.0, batch=2, size=(8, 8), positive=None):
@@ -44,10 +51,10 @@ def sample(model, seed=1, steps=3, cfg=4.0, batch=2, size=(8, 8), positive=None)
 
 
 class Spy:
-    """Wraps ``HP3Model.conditions``: counts calls and records the inputs' shapes."""
+    """Wraps ``HP3Model.control_features``: counts calls and records the inputs' shapes."""
 
     def __init__(self, model, replace=None):
-        self.inner = model.conditions
+        self.inner = model.control_features
         self.replace = replace
         self.calls = []
 
@@ -75,12 +82,12 @@ def trained_hp3():
 
 def spy_on(monkeypatch, model, replace=None) -> Spy:
     spy = Spy(model, replace)
-    monkeypatch.setattr(model, "conditions", spy, raising=False)
+    monkeypatch.setattr(model, "control_features", spy, raising=False)
     return spy
 
 
 def apply(patch_mod, mp, hp3, frames=1, **kw):
-    cond = patch_mod.make_conditions(hp3, make_head(), make_head3d(frames), **kw)
+    cond = patch_mod.head_control_from_inputs(hp3, make_head(), make_head3d(frames), **kw)
     return patch_mod.apply_hp3(mp, cond)
 
 
@@ -201,15 +208,15 @@ def test_clones_stay_isolated(comfy, tiny_model, patch_mod, trained_hp3):
 
 def test_weights_are_shared_not_copied(comfy, tiny_model, patch_mod, trained_hp3):
     ptr = trained_hp3.connector.blocks[0].inject.weight.data_ptr()
-    cond = patch_mod.make_conditions(trained_hp3, make_head(), make_head3d())
+    cond = patch_mod.head_control_from_inputs(trained_hp3, make_head(), make_head3d())
     a = patch_mod.apply_hp3(tiny_model, cond)
     b = patch_mod.apply_hp3(tiny_model.clone(), cond)
     for mp in (a, b, a.clone(), b.clone()):
         wrapper = mp.model_options["model_function_wrapper"]
-        assert wrapper.conditions.model.connector.blocks[0].inject.weight.data_ptr() == ptr
+        assert wrapper.control.model.connector.blocks[0].inject.weight.data_ptr() == ptr
     copied = copy.deepcopy(a.model_options)["model_function_wrapper"]
     assert copied is a.model_options["model_function_wrapper"], "patch objects are shared, not copied"
-    assert copied.conditions.model.connector.blocks[0].inject.weight.data_ptr() == ptr
+    assert copied.control.model.connector.blocks[0].inject.weight.data_ptr() == ptr
     assert copy.deepcopy(cond).model is trained_hp3
     assert a.object_patches["diffusion_model.output_blocks.3.0.in_layers.0"].original is \
         tiny_model.model.diffusion_model.output_blocks[3][0].in_layers[0], "the UNet's own GroupNorm, wrapped"
@@ -384,29 +391,29 @@ def test_batch_and_latent_size_differ_from_the_render(comfy, tiny_model, patch_m
 def test_frames_map_to_the_batch(comfy, tiny_model, patch_mod, trained_hp3):
     import comfy.utils
     head3d = make_head3d(frames=3, size=(64, 48))
-    cond = patch_mod.make_conditions(trained_hp3, make_head(), head3d)
+    cond = patch_mod.head_control_from_inputs(trained_hp3, make_head(), head3d)
     assert cond.renders.shape == (3, 64, 48, 3)
-    wrapper = patch_mod.apply_hp3(tiny_model, cond).model_options["model_function_wrapper"]
+    cpu, f32 = torch.device("cpu"), torch.float32
     full = comfy.utils.common_upscale(cond.renders.movedim(-1, 1), 80, 48, "bilinear", "center")
-    assert torch.equal(wrapper.hint(6, 10, 3, torch.device("cpu")), full), "F == rows: one frame each"
-    assert torch.equal(wrapper.hint(6, 10, 5, torch.device("cpu")), full[[0, 1, 2, 0, 1]]), "repeats"
-    one = patch_mod.make_conditions(trained_hp3, make_head(), make_head3d(frames=1))
-    w1 = patch_mod.apply_hp3(tiny_model, one).model_options["model_function_wrapper"]
-    h = w1.hint(8, 8, 4, torch.device("cpu"))
+    assert torch.equal(cond.hint(6, 10, 3, 3, cpu, f32), full), "F == rows: one frame each"
+    assert torch.equal(cond.hint(6, 10, 5, 5, cpu, f32), full[[0, 1, 2, 0, 1]]), "repeats"
+    assert torch.equal(cond.hint(6, 10, 4, 2, cpu, f32), full[[0, 1, 0, 1]]), "two conditional chunks of 2"
+    one = patch_mod.head_control_from_inputs(trained_hp3, make_head(), make_head3d(frames=1))
+    h = one.hint(8, 8, 4, 4, cpu, f32)
     assert h.shape == (4, 3, 64, 64) and all(torch.equal(h[0], h[i]) for i in range(4)), "broadcast"
 
 
 def test_frames_of_other_sizes_are_resized(comfy, patch_mod, trained_hp3):
     head3d = make_head3d(frames=2)
     head3d.maps[1].shaded = torch.rand(1, 32, 40, 3)
-    cond = patch_mod.make_conditions(trained_hp3, make_head(), head3d)
+    cond = patch_mod.head_control_from_inputs(trained_hp3, make_head(), head3d)
     assert cond.renders.shape == (2, 64, 64, 3)
 
 
 # -- errors --------------------------------------------------------------------------------------
 def test_wrong_family_is_a_clear_error(comfy, tiny_model, patch_mod, comfy_weights_error):
     xl = tiny_hp3_model(tiny_hp3_config("sdxl"), trained=True)
-    cond = patch_mod.make_conditions(xl, make_head(), make_head3d())
+    cond = patch_mod.head_control_from_inputs(xl, make_head(), make_head3d())
     with pytest.raises(comfy_weights_error, match="trained for SDXL but the MODEL it is applied to is SD1.5"):
         patch_mod.apply_hp3(tiny_model, cond)
 
@@ -426,7 +433,7 @@ def test_nan_inputs_are_a_clear_error(comfy, patch_mod, errors, trained_hp3):
     head3d = make_head3d()
     head3d.maps[0].shaded[0, 0, 0, 0] = float("nan")
     with pytest.raises(errors.HP3Error, match="renders contain NaN"):
-        patch_mod.make_conditions(trained_hp3, make_head(), head3d)
+        patch_mod.head_control_from_inputs(trained_hp3, make_head(), head3d)
 
 
 @pytest.mark.parametrize("name, value", [("strength", float("nan")), ("strength", float("inf")),
@@ -434,14 +441,14 @@ def test_nan_inputs_are_a_clear_error(comfy, patch_mod, errors, trained_hp3):
                                          ("end_percent", float("inf"))])
 def test_bad_numbers_are_refused_naming_the_input(comfy, patch_mod, errors, trained_hp3, name, value):
     with pytest.raises(errors.HP3Error, match=f"HP3 input '{name}' (is|must be 0 or more)"):
-        patch_mod.make_conditions(trained_hp3, make_head(), make_head3d(), **{name: value})
+        patch_mod.head_control_from_inputs(trained_hp3, make_head(), make_head3d(), **{name: value})
 
 
 def test_non_finite_head_features_are_refused_naming_them(comfy, patch_mod, errors, trained_hp3):
     head = make_head()
     head.clip_hidden[0, 3, 5] = float("inf")
     with pytest.raises(errors.HP3Error, match="head input's clip_hidden contains NaN/inf"):
-        patch_mod.make_conditions(trained_hp3, head, make_head3d())
+        patch_mod.head_control_from_inputs(trained_hp3, head, make_head3d())
 
 
 def test_non_finite_connector_weights_are_refused_naming_the_tensor(comfy, patch_mod, errors):
@@ -449,7 +456,7 @@ def test_non_finite_connector_weights_are_refused_naming_the_tensor(comfy, patch
     with torch.no_grad():
         bad.connector.blocks[2].shift_out.bias[0] = float("nan")
     with pytest.raises(errors.HP3Error, match=r"connector\.blocks\.2\.shift_out\.bias"):
-        patch_mod.make_conditions(bad, make_head(), make_head3d())
+        patch_mod.head_control_from_inputs(bad, make_head(), make_head3d())
 
 
 def test_a_non_finite_latent_is_named_not_blamed_on_hp3(comfy, tiny_model, patch_mod, errors, trained_hp3):
@@ -460,30 +467,50 @@ def test_a_non_finite_latent_is_named_not_blamed_on_hp3(comfy, tiny_model, patch
 
 
 def test_missing_inputs_are_clear_errors(comfy, tiny_model, patch_mod, errors, trained_hp3):
-    with pytest.raises(errors.HP3Error, match="no HP3 model is connected"):
-        patch_mod.make_conditions(None, make_head(), make_head3d())
-    with pytest.raises(errors.HP3Error, match="no head is connected"):
-        patch_mod.make_conditions(trained_hp3, None, make_head3d())
-    with pytest.raises(errors.HP3Error, match="no 3D head"):
-        patch_mod.make_conditions(trained_hp3, make_head(), None)
+    with pytest.raises(errors.HP3Error, match="hp3_model: nothing is connected: connect 'Load HP3 Model'"):
+        patch_mod.head_control_from_inputs(None, make_head(), make_head3d())
+    with pytest.raises(errors.HP3Error, match="head: nothing is connected: connect 'HP3 Head Encode'"):
+        patch_mod.head_control_from_inputs(trained_hp3, None, make_head3d())
+    with pytest.raises(errors.HP3Error, match="head3d: nothing is connected: connect 'HP3 3D Head Retarget'"):
+        patch_mod.head_control_from_inputs(trained_hp3, make_head(), None)
+    empty = make_head3d()
+    empty.maps.clear()
     with pytest.raises(errors.HP3Error, match="no rendered frames"):
-        patch_mod.make_conditions(trained_hp3, make_head(), SimpleNamespace(maps=[], backend="smirk"))
+        patch_mod.head_control_from_inputs(trained_hp3, make_head(), empty)
     with pytest.raises(errors.HP3Error, match="start_percent"):
-        patch_mod.make_conditions(trained_hp3, make_head(), make_head3d(), start_percent=0.8, end_percent=0.2)
-    cond = patch_mod.make_conditions(trained_hp3, make_head(), make_head3d())
-    with pytest.raises(errors.HP3Error, match="no MODEL"):
+        patch_mod.head_control_from_inputs(trained_hp3, make_head(), make_head3d(), start_percent=0.8, end_percent=0.2)
+    cond = patch_mod.head_control_from_inputs(trained_hp3, make_head(), make_head3d())
+    with pytest.raises(errors.HP3Error, match="model: nothing is connected"):
         patch_mod.apply_hp3(None, cond)
-    with pytest.raises(errors.HP3Error, match="no HP3 conditions"):
+    with pytest.raises(errors.HP3Error, match="conditions: nothing is connected: connect 'HP3 Head Controller'"):
         patch_mod.apply_hp3(tiny_model, None)
+
+
+def test_sockets_are_checked_by_type_not_by_attributes(comfy, tiny_model, patch_mod, errors, trained_hp3):
+    """A look-alike (the attributes the old probes read) is refused at once, naming the input and the node."""
+    look_alike_head3d = SimpleNamespace(maps=make_head3d().maps, backend="smirk", full_head=True)
+    with pytest.raises(errors.HP3Error, match="head3d: expected the output of 'HP3 3D Head Retarget', got a "
+                                              "SimpleNamespace"):
+        patch_mod.head_control_from_inputs(trained_hp3, make_head(), look_alike_head3d)
+    head = make_head()
+    look_alike_head = SimpleNamespace(**{k: getattr(head, k) for k in ("id_embeds", "clip_hidden", "crops")})
+    with pytest.raises(errors.HP3Error, match="head: expected the output of 'HP3 Head Encode'"):
+        patch_mod.head_control_from_inputs(trained_hp3, look_alike_head, make_head3d())
+    with pytest.raises(errors.HP3Error, match="hp3_model: expected the output of 'Load HP3 Model', got a Tensor"):
+        patch_mod.head_control_from_inputs(torch.zeros(3), make_head(), make_head3d())
+    swapped = make_head3d()  # a HEAD3D where the conditions belong
+    with pytest.raises(errors.HP3Error, match="conditions: expected the output of 'HP3 Head Controller', got a "
+                                              "RetargetResult"):
+        patch_mod.apply_hp3(tiny_model, swapped)
 
 
 def test_backend_mismatch_warns(comfy, patch_mod, trained_hp3, caplog):
     with caplog.at_level(logging.WARNING):
-        patch_mod.make_conditions(trained_hp3, make_head(), make_head3d(backend="mediapipe"))
+        patch_mod.head_control_from_inputs(trained_hp3, make_head(), make_head3d(backend="mediapipe"))
     assert "'mediapipe' backend" in caplog.text and "'smirk'" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        patch_mod.make_conditions(trained_hp3, make_head(), make_head3d(backend="smirk"))
+        patch_mod.head_control_from_inputs(trained_hp3, make_head(), make_head3d(backend="smirk"))
     assert "backend" not in caplog.text
 
 
@@ -549,7 +576,7 @@ def test_weight_patches_still_reach_the_wrapped_groupnorm(comfy, tiny_model, pat
     """A LoRA or model merge that patches a decoder GroupNorm keeps working while HP3 is installed:
     the wrapper keeps the original's parameter names, so the host finds and patches them."""
     import comfy.model_management
-    patched = patch_mod.apply_hp3(tiny_model, patch_mod.make_conditions(trained_hp3, make_head(), make_head3d()))
+    patched = patch_mod.apply_hp3(tiny_model, patch_mod.head_control_from_inputs(trained_hp3, make_head(), make_head3d()))
     key = "diffusion_model.output_blocks.3.0.in_layers.0.weight"
     patched.add_patches({key: (torch.full_like(tiny_model.model.state_dict()[key], 0.5),)}, 1.0, 1.0)
     comfy.model_management.load_model_gpu(patched)
@@ -561,3 +588,56 @@ def test_weight_patches_still_reach_the_wrapped_groupnorm(comfy, tiny_model, pat
     finally:
         comfy.model_management.unload_all_models()
     assert tiny_model.model.diffusion_model.output_blocks[3][0].in_layers[0] is wrapper.original
+
+
+# -- the start/end window means the same on both hosts ---------------------------------------------
+@pytest.mark.parametrize("start, end", [(0.0, 1.0), (0.1, 0.2), (0.25, 0.7), (0.5, 0.5), (0.0, 0.35), (0.6, 1.0)])
+def test_the_window_acts_on_the_same_steps_in_comfyui_and_diffusers(comfy, tiny_model, patch_mod, trained_hp3,
+                                                                   tmp_path_factory, start, end):
+    """One schedule (the 20 timesteps of the diffusers pipeline's scheduler), the same start/end: the
+    ComfyUI wrapper and the diffusers pipeline run the head controller on exactly the same steps, and those are the steps
+    ComfyUI's own ControlNet rule (sigma between percent_to_sigma(end) and percent_to_sigma(start))
+    picks."""
+    from harness.tiny_pipeline import tiny_sd15_pipe
+    from hp3_core.pipeline import HP3Pipeline
+    pipe, config = tiny_sd15_pipe(tmp_path_factory.mktemp("window_pipe"))
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(config.encoder.num_tokens, config.encoder.width, generator=g)
+    seen: list[float] = []
+    real = trained_hp3.control_features
+
+    def record(sample, timesteps, *args, **kwargs):
+        seen.append(float(timesteps[0]))
+        return real(sample, timesteps, *args, **kwargs)
+
+    trained_hp3.control_features = record
+    try:
+        with torch.no_grad():
+            HP3Pipeline(pipe, trained_hp3)(prompt="a", head_tokens=tokens, render=torch.rand(64, 64, 3),
+                                           start=start, end=end, num_inference_steps=20, guidance_scale=1.0,
+                                           generator=torch.Generator().manual_seed(0), output_type="latent",
+                                           height=64, width=64)
+    finally:
+        del trained_hp3.control_features
+    timesteps = [float(t) for t in pipe.scheduler.timesteps]
+    diffusers_steps = [i for i, t in enumerate(timesteps) if t in seen]
+
+    ms = tiny_model.model.model_sampling
+    sigmas = [float(ms.sigma(torch.tensor(t))) for t in timesteps]
+    control = patch_mod.head_control_from_inputs(trained_hp3, make_head(), make_head3d(), start_percent=start,
+                                                 end_percent=end)
+    wrapper = patch_mod.apply_hp3(tiny_model, control).model_options["model_function_wrapper"]
+    x, _, _ = direct_inputs(batch=1)
+    comfy_steps = [i for i, s in enumerate(sigmas)
+                   if wrapper.connector_state(x, torch.tensor([s]), {}, [0]) is not None]
+    rule = [i for i, s in enumerate(sigmas)
+            if float(ms.percent_to_sigma(end)) <= s <= float(ms.percent_to_sigma(start))]
+    assert comfy_steps == rule, "ComfyUI: the window is ControlNet's start/end percent"
+    assert diffusers_steps == comfy_steps, "diffusers acts on the same steps as ComfyUI"
+    if (start, end) == (0.0, 1.0):
+        assert len(comfy_steps) == 20
+    if start == end:
+        assert comfy_steps == []
+    if (start, end) == (0.1, 0.2):
+        assert 0 < len(comfy_steps) < 5

@@ -14,11 +14,6 @@ from test_hp3_comfy import apply, direct_prediction
 
 
 @pytest.fixture
-def patch_mod(comfy):
-    return comfy.pack_module("nodes.hp3_patch")
-
-
-@pytest.fixture
 def tiny_sdxl(comfy):
     import comfy.model_base
     import comfy.model_patcher

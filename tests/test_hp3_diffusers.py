@@ -51,7 +51,7 @@ class Case:
         self.x, self.t, self.text, tokens, hint, self.added = inputs(self.config)
         y = sdxl_added_cond(self.unet, **self.added) if self.added else None
         with torch.no_grad():
-            self.conds = self.hp3.conditions(self.x, self.t, tokens, hint, y)
+            self.conds = self.hp3.control_features(self.x, self.t, tokens, hint, y)
 
     def predict(self) -> torch.Tensor:
         with torch.no_grad():
@@ -66,7 +66,7 @@ class Case:
 def test_untrained_hp3_leaves_the_unet_exactly_unchanged(family):
     case = Case(family, trained=False)
     bare = case.predict()
-    with installed(case.unet, case.hp3.config.controller):
+    with installed(case.unet, case.hp3.config):
         assert all(isinstance(r.norm1, ModulatedGroupNorm) for r in decoder_resnets(case.unet))
         assert len(case.conds) == len(decoder_resnets(case.unet))
         with_hp3 = case.predict_hp3()
@@ -120,8 +120,8 @@ def test_injection_hook_acts_on_the_decoder_channels_keyword_or_positional():
 
 def test_install_rejects_an_hp3_model_of_another_layout():
     unet, _ = random_unet("sd15")
-    with pytest.raises(HP3Error, match="decoder channels"):
-        install(unet, tiny_hp3_config("sdxl").controller)
+    with pytest.raises(HP3Error, match="expect a UNet with 9 decoder blocks but this one has 12"):
+        install(unet, tiny_hp3_config("sdxl"))
     assert not any(isinstance(r.norm1, ModulatedGroupNorm) for r in decoder_resnets(unet))
 
 
@@ -217,7 +217,7 @@ def test_comfyui_and_diffusers_give_the_same_hp3_prediction(tiny_model, record_p
     hp3 = tiny_hp3_model(config, seed=5, trained=True)
     x, t, text, tokens, hint, _ = inputs(config)
     with torch.no_grad():
-        conds = hp3.conditions(x, t, tokens, hint)
+        conds = hp3.control_features(x, t, tokens, hint)
     rows = torch.tensor([1.0, 0.5])
 
     bare_comfy = comfy_predict(dm, x, t, text)
@@ -227,7 +227,7 @@ def test_comfyui_and_diffusers_give_the_same_hp3_prediction(tiny_model, record_p
 
     comfy_hp3 = comfy_predict(dm, x, t, text, hp3, conds, rows)
     assert isinstance(dm.output_blocks[0][0].in_layers[0], torch.nn.GroupNorm), "ComfyUI UNet restored"
-    with installed(unet, hp3.config.controller), activate(hp3, conds, rows), torch.no_grad():
+    with installed(unet, hp3.config), activate(hp3, conds, rows), torch.no_grad():
         diffusers_hp3 = unet(x, t, encoder_hidden_states=text).sample
     assert (comfy_hp3 - bare_comfy).abs().amax(dim=(1, 2, 3)).min() > 1e-3, "HP3 must change every row"
     diff = (diffusers_hp3 - comfy_hp3).abs().max().item()
@@ -299,7 +299,7 @@ def test_init_with_the_dlib_identity_makes_a_128_wide_identity_projection(tiny_m
                      "--identity", "dlib"]) == 0
     weights = load_hp3_weights(out)
     assert (weights.config.encoder.identity, weights.config.encoder.id_dim) == ("dlib", 128)
-    assert weights.state_dict["encoder.id_proj.weight"].shape[1] == 128
+    assert weights.state_dict["token_decoder.id_proj.weight"].shape[1] == 128
     assert "identity: dlib (128-d)" in weights.summary()
 
 

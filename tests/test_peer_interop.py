@@ -212,7 +212,7 @@ def test_hp3_and_ip_adapter_act_on_one_model_in_either_order(comfy, tiny_model, 
                                     embeds_scaling="V only", image=image, clip_vision=clip_vision)[0]
 
     def with_hp3(mp, strength=1.0):
-        return patch_mod.apply_hp3(mp, patch_mod.make_conditions(hp3, make_head(), make_head3d(),
+        return patch_mod.apply_hp3(mp, patch_mod.head_control_from_inputs(hp3, make_head(), make_head3d(),
                                                                  strength=strength))
 
     base = predict(tiny_model)

@@ -69,13 +69,13 @@ def test_controller_sees_only_the_conditional_rows(tiny, monkeypatch):
     hp3 = HP3Pipeline(pipe, model)
     tokens, render = tokens_and_render(config)
     seen, unet_inputs = [], []
-    real = model.conditions
+    real = model.control_features
 
     def spy(sample, timesteps, tokens_, hint, y=None):
         seen.append((sample.clone(), timesteps.clone(), tokens_.shape, hint.shape))
         return real(sample, timesteps, tokens_, hint, y)
 
-    monkeypatch.setattr(model, "conditions", spy)
+    monkeypatch.setattr(model, "control_features", spy)
     handle = pipe.unet.register_forward_pre_hook(lambda m, a, k: unet_inputs.append(a[0].clone()), with_kwargs=True)
     try:
         run(hp3, head_tokens=tokens, render=render, num_images_per_prompt=2)
@@ -157,13 +157,13 @@ def test_sdxl_pipeline(tmp_path, monkeypatch):
     assert torch.equal(run(HP3Pipeline(pipe, tiny_hp3_model(config)), head_tokens=tokens, render=render), base)
     model = tiny_hp3_model(config, seed=3, trained=True)
     seen = []
-    real = model.conditions
+    real = model.control_features
 
     def spy(sample, timesteps, tokens_, hint, y=None):
         seen.append(y)
         return real(sample, timesteps, tokens_, hint, y)
 
-    monkeypatch.setattr(model, "conditions", spy)
+    monkeypatch.setattr(model, "control_features", spy)
     out = run(HP3Pipeline(pipe, model), head_tokens=tokens, render=render)
     assert (out - base).abs().max() > 1e-3
     assert len(seen) == 3 and all(y.shape == (1, config.controller.projection_class_embeddings_input_dim)

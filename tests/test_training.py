@@ -117,7 +117,7 @@ def test_overfit_lowers_the_loss_and_trains_only_hp3(setup, tmp_path):
     assert last < 0.7 * first, (first, last, losses)
     # Every trained part moved (the zero-initialised connector included)...
     after = trainer.hp3.state_dict()
-    for prefix in ("encoder.", "controller.", "connector."):
+    for prefix in ("token_decoder.", "controller.", "connector."):
         assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix)), prefix
     # ...and the frozen base is bit-identical to the folder it came from.
     from hp3_core.diffusers_patch import remove

@@ -48,7 +48,7 @@ def test_round_trip_keeps_tensors_config_and_metadata(tmp_path):
 def test_header_is_read_without_the_tensors(good):
     config, meta, specs = read_hp3_header(good)
     assert config.family == "sd15" and meta["trained_steps"] == "1200"
-    assert specs["encoder.queries"].shape == (4, 32) and specs["encoder.queries"].dtype == "F32"
+    assert specs["token_decoder.queries"].shape == (4, 32) and specs["token_decoder.queries"].dtype == "F32"
 
 
 def test_missing_file(tmp_path):
@@ -154,18 +154,18 @@ def test_missing_and_unexpected_keys(good):
     with pytest.raises(WeightFileError) as err:
         load_hp3_weights(good, expected=missing)
     assert_one_line_naming(err, good, "1 missing key(s)", "'controller.extra.weight'")
-    fewer = {k: v for k, v in expected.items() if k != "encoder.queries"}
+    fewer = {k: v for k, v in expected.items() if k != "token_decoder.queries"}
     with pytest.raises(WeightFileError) as err:
         load_hp3_weights(good, expected=fewer)
-    assert_one_line_naming(err, good, "1 unexpected key(s)", "'encoder.queries'")
+    assert_one_line_naming(err, good, "1 unexpected key(s)", "'token_decoder.queries'")
 
 
 def test_shape_mismatch_names_key_expected_and_found(good):
     expected = shapes_of(tiny_state_dict(tiny_hp3_config()))
-    expected["encoder.clip_proj.weight"] = (32, 1280)
+    expected["token_decoder.clip_proj.weight"] = (32, 1280)
     with pytest.raises(WeightFileError) as err:
         load_hp3_weights(good, expected=expected)
-    assert_one_line_naming(err, good, "'encoder.clip_proj.weight'", "expected [32, 1280]", "found [32, 48]")
+    assert_one_line_naming(err, good, "'token_decoder.clip_proj.weight'", "expected [32, 1280]", "found [32, 48]")
 
 
 def test_corrupt_entry_lengths(good, tmp_path):
@@ -180,3 +180,30 @@ def test_corrupt_entry_lengths(good, tmp_path):
     with pytest.raises(WeightFileError) as err:
         load_hp3_weights(path)
     assert_one_line_naming(err, path, f"'{key}'", "claims")
+
+
+def test_a_format_1_file_keeps_loading_into_todays_key_layout(tmp_path):
+    """Format 1 named the token decoder ``encoder.*``; such a file loads as ``token_decoder.*`` and
+    gives the same model (the same head tokens) as the same weights saved today."""
+    from hp3_core.hp3_model import HP3Model, load_token_decoder
+    from harness.tiny_hp3 import tiny_hp3_model
+    config = tiny_hp3_config("sd15")
+    today = tiny_state_dict(config, seed=4, trained=True)
+    assert any(k.startswith("token_decoder.") for k in today) and not any(k.startswith("encoder.") for k in today)
+    old = {("encoder." + k[len("token_decoder."):] if k.startswith("token_decoder.") else k): v
+           for k, v in today.items()}
+    path = tmp_path / "format1.safetensors"
+    save_file(old, str(path), metadata={META_FORMAT: "1", "hp3.family": "sd15", META_CONFIG: config.to_json()})
+    _, _, specs = read_hp3_header(path)
+    assert set(specs) == set(today)
+    loaded = load_hp3_weights(path)
+    assert set(loaded.state_dict) == set(today)
+    assert all(torch.equal(loaded.state_dict[k], v) for k, v in today.items())
+    model = HP3Model.from_weights(loaded)
+    reference = tiny_hp3_model(config, seed=4, trained=True).eval()
+    ids, clip = torch.randn(1, 1, 512), torch.randn(1, 1, 50, config.encoder.clip_width)
+    with torch.no_grad():  # both on the same (inference) code path
+        assert torch.equal(model.token_decoder(ids, clip), reference.token_decoder(ids, clip))
+    assert torch.equal(load_token_decoder(path).queries, reference.token_decoder.queries)
+    assert FORMAT_VERSION == 2 and load_hp3_weights(write_tiny_hp3(tmp_path / "now.safetensors")).metadata[
+        META_FORMAT] == "2"

@@ -15,9 +15,7 @@ are machine-readable: ``ratio_hp3: <r>`` and ``ratio_instantid_like: <r>`` (time
 """
 from __future__ import annotations
 
-import logging
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +24,6 @@ import torch
 
 from ..config import HP3Config
 
-log = logging.getLogger(__name__)
 
 
 def _unet_config() -> dict:
@@ -100,9 +97,9 @@ def build(device: str = "cpu", unet_config: dict | None = None, hp3_config: HP3C
     tokens = torch.randn(1, config.encoder.num_tokens, config.encoder.width, device=device)
 
     def with_hp3():
-        conds = hp3.conditions(x[:1], t[:1], tokens, hint[:1])
-        conds = [torch.cat([c, torch.zeros_like(c)]) for c in conds]
-        state = hp3_connector.ActiveConditions(conds, torch.tensor([1.0, 0.0], device=device), hp3.connector)
+        features = hp3.control_features(x[:1], t[:1], tokens, hint[:1])
+        features = [torch.cat([c, torch.zeros_like(c)]) for c in features]
+        state = hp3_connector.ConnectorState(features, torch.tensor([1.0, 0.0], device=device), hp3.connector)
         with hp3_connector.active(state):
             return unet(x, t, text).sample
 

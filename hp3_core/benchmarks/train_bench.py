@@ -91,7 +91,7 @@ def build(device: str = "cpu", unet_config: dict | None = None, hp3_config: HP3C
     def hp3_stack() -> Callable[[], float]:
         hp3, opt = trainable(HP3Model.from_unet(config, unet))
         frozen = _frozen(unet, device, dtype)
-        install(frozen, config.controller)  # stays for the process (a benchmark)
+        install(frozen, config)  # stays for the process (a benchmark)
         module = HP3TrainModule(hp3, frozen)
         return step_fn(lambda: module(x, t, text, id_embeds, clip_hidden, hint), opt)
 

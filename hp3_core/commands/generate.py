@@ -36,8 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=7.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strength", type=float, default=1.0, help="HP3 strength (0: the base model)")
-    p.add_argument("--start", type=float, default=0.0, help="fraction of the steps where HP3 starts")
-    p.add_argument("--end", type=float, default=1.0, help="fraction of the steps where HP3 ends")
+    p.add_argument("--start", type=float, default=0.0,
+                   help="where HP3 starts: a percent (0..1) of the noise schedule, as ComfyUI's start_percent")
+    p.add_argument("--end", type=float, default=1.0,
+                   help="where HP3 ends: a percent (0..1) of the noise schedule, as ComfyUI's end_percent")
     p.add_argument("--width", type=int, default=None, help="image width (default: the pipeline's)")
     p.add_argument("--height", type=int, default=None, help="image height (default: the pipeline's)")
     common_options.add_device(p, choices=("cpu", "cuda"))
@@ -58,8 +60,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     checks.number("--guidance", args.guidance, 0.0, 100.0, meaning="classifier-free guidance; 5-9 is typical")
     checks.whole("--seed", args.seed, 0, 2 ** 64 - 1)
     checks.number("--strength", args.strength, 0.0, 10.0, meaning="HP3 strength; 0 = the base model, 1 = full")
-    checks.number("--start", args.start, 0.0, 1.0, meaning="fraction of the steps where HP3 starts")
-    checks.number("--end", args.end, 0.0, 1.0, meaning="fraction of the steps where HP3 ends")
+    checks.number("--start", args.start, 0.0, 1.0, meaning="percent of the noise schedule where HP3 starts")
+    checks.number("--end", args.end, 0.0, 1.0, meaning="percent of the noise schedule where HP3 ends")
     if args.start > args.end:
         raise HP3Error(f"--start ({args.start}) is after --end ({args.end}); use --start <= --end")
     for option, value in (("--width", args.width), ("--height", args.height)):

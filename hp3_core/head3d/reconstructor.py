@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -35,7 +35,10 @@ WHERE_SMIRK = "github.com/georgeretsi/smirk (pretrained model SMIRK_em1.pt)"
 WHERE_FLAME = "flame.is.tue.mpg.de (FLAME 2020, generic_model.pkl; registration, non-commercial licence)"
 
 
+@runtime_checkable
 class Reconstructor(Protocol):
+    """What every 3D backend gives: its name, its head model, and head parameters from landmarks."""
+
     name: str
     head_model: HeadModel
 

@@ -46,11 +46,11 @@ class HP3TrainModule(nn.Module):
             [B, 4, h, w] the UNet's output (epsilon, v or x0 per the scheduler's prediction type).
         """
         unet = self.unet
-        tokens = self.hp3.encoder(id_embeds.unsqueeze(1), clip_hidden.unsqueeze(1))  # one reference each
+        tokens = self.hp3.token_decoder(id_embeds.unsqueeze(1), clip_hidden.unsqueeze(1))  # one reference each
         y = None
         if added_cond_kwargs is not None:
             y = sdxl_added_cond(unet, added_cond_kwargs["text_embeds"], added_cond_kwargs["time_ids"])
-        conds = self.hp3.conditions(noisy, timesteps, tokens, hint, y)
+        conds = self.hp3.control_features(noisy, timesteps, tokens, hint, y)
         dtype = unet.dtype
         with activate(self.hp3, conds):
             return unet(noisy.to(dtype), timesteps, encoder_hidden_states=text.to(dtype),

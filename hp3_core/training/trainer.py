@@ -189,7 +189,7 @@ class Trainer:
             if m.dtype != dtype:  # (diffusers warns on every dtype cast, even a no-op one)
                 m.to(dtype=dtype)
         self.hp3.to(self.device)
-        self.handle = install(self.unet, self.hp3.config.controller)
+        self.handle = install(self.unet, self.hp3.config)
         if cfg.gradient_checkpointing:
             from .step import enable_gradient_checkpointing
             enable_gradient_checkpointing(self.unet, self.hp3)
@@ -342,7 +342,7 @@ class Trainer:
                                        cfg.validation_guidance, cfg.seed)
                 path = save_grid(Path(cfg.output_dir) / VALIDATION / f"step_{step:07d}.png", grid)
             finally:
-                self.handle = install(self.unet, hp3.config.controller)
+                self.handle = install(self.unet, hp3.config)
                 if self.ema is not None:
                     self.ema.restore(params)
         acc.wait_for_everyone()

@@ -40,7 +40,7 @@ def validation_grid(pipe, hp3, clip, pairs: PairDataset, chosen: list[Pair], ste
     for pair in chosen:
         sample = pairs.sample(pair)
         clip_hidden = clip.encode(sample["source_crop"][None])                       # [1, T, C]
-        tokens = hp3.encoder(sample["source_arcface"][None, None].to(device),
+        tokens = hp3.token_decoder(sample["source_arcface"][None, None].to(device),
                              clip_hidden[None].to(device))[0]                          # [N, D]
         render = sample["render"].permute(1, 2, 0)                                    # [S, S, 3] 0..1
         generator = torch.Generator(device="cpu").manual_seed(seed)
