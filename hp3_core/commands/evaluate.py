@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if generation is not None or args.base or args.hp3:
         generation = _override(generation or GenerationSettings(), base=args.base, hp3=args.hp3,
                                clip_vision=args.clip_vision, models_dir=args.models_dir, detection=args.detection,
-                               backend=args.backend, steps=args.steps, seed=args.seed)
+                               dlib_dirs=args.dlib_dir, backend=args.backend, steps=args.steps, seed=args.seed)
     summary = run_protocol(protocol, args.out, settings, generation, args.generated, device=args.device,
                            progress=not args.no_progress)
     sys.stdout.write(f"{summary.samples} samples: {summary.generated} generated, {summary.scored} scored, "

@@ -32,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common_options.add_pack(p)
     common_options.add_backend(p, "for the retargeted render")
     common_options.add_detection(p, "for encoding", with_dlib=False)
+    common_options.add_dlib_dir(p)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--guidance", type=float, default=7.0)
     p.add_argument("--seed", type=int, default=0)
@@ -56,6 +57,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     checks.input_file("--driving", args.driving)
     checks.input_path("--clip-vision", args.clip_vision)
     checks.search_folders("--models-dir", args.models_dir)
+    checks.search_folders("--dlib-dir", args.dlib_dir)
     checks.whole("--steps", args.steps, 1, 1000, meaning="sampling steps; 20-50 is typical")
     checks.number("--guidance", args.guidance, 0.0, 100.0, meaning="classifier-free guidance; 5-9 is typical")
     checks.whole("--seed", args.seed, 0, 2 ** 64 - 1)
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
 
     models = load_models(args.base, args.hp3, args.models_dir, args.clip_vision, pack=args.pack,
-                         detection=args.detection, backend=args.backend, device=args.device)
+                         detection=args.detection, backend=args.backend, device=args.device,
+                         dlib_dirs=args.dlib_dir)
     sources = [load_image(p) for p in args.source]
     features = encode_sources(models, sources, [f"source '{p}'" for p in args.source])
     shaded, result = driving_render(models, sources[0], load_image(args.driving),
@@ -90,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     save_image(out, image)
     render_path = out.with_name(f"{out.stem}_shaded.png")
     save_image(render_path, (shaded.cpu().numpy() * 255 + 0.5).astype(np.uint8))
-    log.info("%s: %dx%d, %d steps, HP3 strength %g (%s backend) -> %s (render: %s)", models.hp3.family,
-             image.shape[1], image.shape[0], args.steps, args.strength, result.backend, out, render_path)
+    log.info("%s: %dx%d, %d steps, HP3 strength %g (%s backend, %s identity) -> %s (render: %s)",
+             models.hp3.family, image.shape[1], image.shape[0], args.steps, args.strength, result.backend,
+             features.identity, out, render_path)
     return 0

@@ -18,6 +18,7 @@ A protocol is a YAML or JSON file::
       models_dir: [path/to/insightface]
       clip_vision: path/to/clip_vision
       backend: auto                    # 3D backend of the render; detection, pack: as in `generate`
+      dlib_dirs: []                    # dlib's .dat files, for weights trained on the dlib identity
       steps: 30
       cfg: 7.0
       seed: 0                          # the same seed for every sample (paired comparisons)
@@ -83,6 +84,7 @@ class GenerationSettings:
     clip_vision: str | None = None
     pack: str = "auto"
     detection: str = "insightface"
+    dlib_dirs: list[str] = field(default_factory=list)
     backend: str = "auto"
     steps: int = 30
     cfg: float = 7.0
@@ -251,7 +253,7 @@ def parse_protocol(data: Any, data_root: str | Path = ".", name: str = "<in memo
     if top.get("generation") is not None:
         m = _mapping(top["generation"], where, "'generation'")
         _known(m, GenerationSettings, where, "'generation'")
-        generation = GenerationSettings(**_listify(m, "models_dir"))
+        generation = GenerationSettings(**_listify(_listify(m, "models_dir"), "dlib_dirs"))
         _check_size(generation.size, where)
     evaluation = EvaluationSettings()
     if top.get("evaluation") is not None:

@@ -78,7 +78,8 @@ def generate_missing(protocol: Protocol, settings: GenerationSettings, samples: 
             raise HP3Error(f"protocol '{protocol.path}': generation needs '{key}' (in 'generation:' or {flag})")
     from ..generation import driving_render, encode_sources, generate_image, load_models
     models = load_models(settings.base, settings.hp3, settings.models_dir, settings.clip_vision, pack=settings.pack,
-                         detection=settings.detection, backend=settings.backend, device=device)
+                         detection=settings.detection, backend=settings.backend, device=device,
+                         dlib_dirs=settings.dlib_dirs)
     width, height = settings.width_height
     features, renders = {}, {}
     with _progress(len(todo), "generate", progress) as bar:
