@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...blas_threads import single_blas_thread
 from .asset import ICTHeadAsset
 
 Z_WEIGHT = 0.05
@@ -257,10 +258,19 @@ def fit_landmarks(bases: LandmarkBases, landmarks_px: list[np.ndarray],
                   identity: np.ndarray | None = None) -> list[FitResult]:
     """Fit one head to each image's MediaPipe landmarks [478, 3] (pixels), sharing one identity.
 
+    Runs with one BLAS thread (:mod:`hp3_core.blas_threads`: spinning BLAS workers would slow
+    the rendering that follows).
+
     Args:
         identity: [I] coefficients to hold fixed (e.g. a source's pooled identity); default:
             solved, shared by all images.
     """
+    with single_blas_thread():
+        return _fit_landmarks(bases, landmarks_px, identity)
+
+
+def _fit_landmarks(bases: LandmarkBases, landmarks_px: list[np.ndarray],
+                   identity: np.ndarray | None) -> list[FitResult]:
     targets = [camera_frame(p) for p in landmarks_px]
     n_ex = bases.expression.shape[0]
     ident = np.zeros(bases.identity.shape[0]) if identity is None else identity
@@ -305,24 +315,39 @@ def refine_identity(bases: LandmarkBases, targets: list[np.ndarray],
 
 def box_least_squares(hessian: np.ndarray, rhs: np.ndarray, lower: np.ndarray, upper: np.ndarray,
                       iterations: int = 30, start: np.ndarray | None = None) -> np.ndarray:
-    """argmin ``x^T H x / 2 - rhs^T x`` over ``lower <= x <= upper`` (H positive definite [n, n]).
+    """argmin ``f(x) = x^T H x / 2 - rhs^T x`` over ``lower <= x <= upper`` (H positive definite [n, n]).
 
-    A projected-Newton active-set iteration: variables at a bound whose gradient pushes them
-    outward stay fixed, the others get the exact Newton solution, then everything is clipped.
-    Converges in a few iterations for these well-conditioned problems (the priors make H
-    diagonal-dominant); an order of magnitude faster than a general bounded solver here.
+    A monotone projected-Newton active-set iteration: variables at a bound whose gradient pushes
+    them outward stay fixed, the others get the exact Newton solution, and the step toward it is
+    projected onto the box and halved until ``f`` decreases. Without that safeguard the plain
+    projected step cycled between two active sets and stopped at the iteration cap, away from the
+    minimum; with it the result matches scipy's BVLS to 1e-15 in ``f`` on the fits of the test
+    photos, about ten times faster, in a few iterations (the priors keep H well conditioned).
     """
+    def objective(x: np.ndarray) -> float:
+        return float(0.5 * x @ (hessian @ x) - rhs @ x)
+
     x = np.clip(np.linalg.solve(hessian, rhs) if start is None else start, lower, upper)
+    fx = objective(x)
     for _ in range(iterations):
         grad = hessian @ x - rhs
         fixed = ((x <= lower) & (grad > 0)) | ((x >= upper) & (grad < 0))
         free = ~fixed
-        new = x.copy()
-        if free.any():
-            h_ff = hessian[np.ix_(free, free)]
-            new[free] = np.linalg.solve(h_ff, rhs[free] - hessian[np.ix_(free, fixed)] @ x[fixed])
-        new = np.clip(new, lower, upper)
-        if np.abs(new - x).max() < 1e-7:
-            return new
-        x = new
+        if not free.any():
+            break
+        newton = x.copy()
+        newton[free] = np.linalg.solve(hessian[np.ix_(free, free)], rhs[free] - hessian[np.ix_(free, fixed)] @ x[fixed])
+        step = 1.0
+        while True:
+            new = np.clip(x + step * (newton - x), lower, upper)
+            f_new = objective(new)
+            if f_new < fx or step < 1e-3:
+                break
+            step *= 0.5
+        if not f_new < fx:  # no descent left: x is the minimum (to rounding)
+            break
+        moved = np.abs(new - x).max()
+        x, fx = new, f_new
+        if moved < 1e-7:
+            break
     return x

@@ -24,6 +24,8 @@ from .asset import FACE_REGIONS, REGIONS, ICTHeadAsset, load_asset
 
 # Fraction of the head's rotation the body (the base of the neck) follows.
 BODY_FOLLOWS = 0.3
+# Regions whose back faces are never seen (rendering may skip them, see render_head).
+CULLABLE_REGIONS = ("face", "scalp", "ears", "sclera", "iris")
 
 
 class ICTHeadModel:
@@ -41,6 +43,9 @@ class ICTHeadModel:
         self.identity_basis = torch.from_numpy(a.identity.astype(np.float32).reshape(a.num_identity, v * 3))
         self.expression_basis = torch.from_numpy(a.expression.astype(np.float32).reshape(a.num_expression, v * 3))
         self._faces = torch.from_numpy(a.triangles).long()
+        # Closed, outward-wound skin and eyeballs: their back faces are always hidden (see
+        # render_head). The neck's cut, the mouth socket and the teeth show their inside.
+        self.cullable = self.region_subset(CULLABLE_REGIONS)
         weight = torch.from_numpy(a.neck_weight).float()
         self.neck_vertices = torch.nonzero(weight < 1.0).squeeze(1)                    # [N]
         self.neck_fraction = BODY_FOLLOWS + (1.0 - BODY_FOLLOWS) * weight[self.neck_vertices]
