@@ -365,3 +365,29 @@ def test_the_fit_runs_with_one_blas_thread_and_restores_the_count():
     with single_blas_thread():
         assert blas_threads() == {1}
     assert blas_threads() == before
+
+
+def test_normal_equations_from_gram_matrices_equal_the_explicit_design(asset):
+    """``normal_matrix`` / ``projected_residual`` (precomputed Gram matrices, 9 per basis pair) against
+    the weighted design matrix written out: rows (landmark n, coordinate i) weighted by
+    sqrt(share_n * c_i), columns the rotated basis shapes."""
+    from hp3_core.head3d.ict.fit import COORDINATE_WEIGHTS, LandmarkBases
+    from hp3_core.head3d.rotation import axis_angle_to_matrix
+    bases = LandmarkBases(asset)
+    rng = np.random.default_rng(3)
+    sqrt_w = np.sqrt(bases.share[:, None] * COORDINATE_WEIGHTS[None, :]).reshape(-1)     # [N*3]
+
+    def design(basis: np.ndarray, rot: np.ndarray) -> np.ndarray:                       # [N*3, K]
+        return np.stack([(shape @ rot.T).reshape(-1) * sqrt_w for shape in basis], axis=1)
+
+    for _ in range(3):
+        rot = axis_angle_to_matrix(torch.from_numpy(rng.normal(size=(1, 3)) * 0.6)).double().numpy()[0]
+        residual = rng.normal(size=(len(bases.share), 3))
+        a_id, a_ex = design(bases.identity, rot), design(bases.expression, rot)
+        b = residual.reshape(-1) * sqrt_w
+        for got, want in ((bases.normal_matrix("identity", "identity", rot), a_id.T @ a_id),
+                          (bases.normal_matrix("identity", "expression", rot), a_id.T @ a_ex),
+                          (bases.normal_matrix("expression", "expression", rot), a_ex.T @ a_ex),
+                          (bases.projected_residual("identity", rot, residual), a_id.T @ b),
+                          (bases.projected_residual("expression", rot, residual), a_ex.T @ b)):
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())

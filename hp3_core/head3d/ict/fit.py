@@ -11,13 +11,14 @@ A few alternations of two small solves, deterministic and with no learned weight
 1. **pose** (R, k, t) for fixed shape: first on the rigid landmarks alone (eye corners, nose,
    forehead), a weighted 3D similarity (Umeyama) to start, then
    Gauss-Newton steps on the anisotropic cost (x, y full weight, z ``Z_WEIGHT``);
-2. **coefficients** for a fixed pose: one bounded linear least squares (normal equations, 155 unknowns per image,
-   solved with bounds by :func:`box_least_squares`)
-   in centimetres, with ridge priors (identity modes are unit-variance PCA modes, so
-   ``IDENTITY_PRIOR * |a|^2``; ``EXPRESSION_PRIOR * |e|^2``), expression weights bounded to
-   [0, 1], and a penalty on the product of contradictory pairs (smile and frown, look up and
-   down, ...; linearised at the previous alternation's weights) so a scream is not explained as
-   smile 0.8 + frown 0.9, while either shape alone costs nothing extra.
+2. **coefficients** for a fixed pose: one bounded linear least squares in centimetres (normal
+   equations, 155 unknowns per image, built from Gram matrices of the bases precomputed per asset,
+   :meth:`LandmarkBases.normal_matrix`; solved with bounds by :func:`box_least_squares`), with
+   ridge priors (identity modes are unit-variance PCA modes, so ``IDENTITY_PRIOR * |a|^2``;
+   ``EXPRESSION_PRIOR * |e|^2``), expression weights bounded to [0, 1], and a penalty on the
+   product of contradictory pairs (smile and frown, look up and down, ...; linearised at the
+   previous alternation's weights) so a scream is not explained as smile 0.8 + frown 0.9, while
+   either shape alone costs nothing extra.
 
 Identity is solved twice: with expression, under a firm prior (so an open jaw or a blink is
 explained by expression, not by a long face or narrow eyes), then alone, with the expressions
@@ -38,6 +39,7 @@ from ...blas_threads import single_blas_thread
 from .asset import ICTHeadAsset
 
 Z_WEIGHT = 0.05
+COORDINATE_WEIGHTS = np.array([1.0, 1.0, Z_WEIGHT])  # x, y, z of the camera frame
 IDENTITY_PRIOR = 2e-3
 IDENTITY_REFINE_PRIOR = 5e-5
 EXPRESSION_PRIOR = 3e-3
@@ -93,7 +95,8 @@ class LandmarkBases:
         bary = asset.mediapipe_barycentric.astype(np.float64)[..., None]        # [478, 3, 1]
 
         def at_landmarks(v: np.ndarray) -> np.ndarray:                          # [..., V, 3] -> [..., 478, 3]
-            return (v[..., tri, :].astype(np.float64) * bary).sum(-2)
+            # C order: the sum leaves the mode axis innermost, and every product would copy it.
+            return np.ascontiguousarray((v[..., tri, :].astype(np.float64) * bary).sum(-2))
 
         self.mean = at_landmarks(asset.vertices)
         self.identity = at_landmarks(asset.identity)
@@ -103,7 +106,12 @@ class LandmarkBases:
         self.weights = np.ones(len(tri))
         for indices, weight in region_weights():
             self.weights[indices] = weight
-        self.row_weights = residual_weights(self)  # [478*3], fixed per asset: computed once
+        # Weight of the squared residual of landmark n, coordinate i: share[n] * COORDINATE_WEIGHTS[i]
+        # (shares sum to 1, so the priors are relative to a mean residual).
+        self.share = self.weights / self.weights.sum()
+        self.gram = {(a, b): coordinate_gram(getattr(self, a), getattr(self, b), self.share)
+                     for a, b in (("identity", "identity"), ("identity", "expression"),
+                                  ("expression", "expression"))}
         names = list(asset.expression_names)
         self.pairs = []
         for a, b in CONTRADICTORY:
@@ -123,6 +131,20 @@ class LandmarkBases:
         np.add.at(out, a, PAIR_PRIOR * previous[b])
         np.add.at(out, b, PAIR_PRIOR * previous[a])
         return out
+
+    def normal_matrix(self, first: str, second: str, rot: np.ndarray) -> np.ndarray:
+        """``A_first^T W A_second`` [K, M] for bases rotated by ``rot`` [3, 3] (``first``, ``second``
+        in ``identity``/``expression``; A: the design matrix of the rotated basis, W: the residual
+        weights). With ``C_j`` the bases' coordinate j, ``(R C)_i = sum_j R_ij C_j``, so the
+        product is ``sum_jl (R^T diag(c) R)_jl G_jl``: 9 precomputed K x M Gram matrices instead
+        of a [478*3, K] design matrix per pose."""
+        mix = rot.T @ (COORDINATE_WEIGHTS[:, None] * rot)                     # [3, 3]
+        return np.tensordot(mix, self.gram[(first, second)], axes=([0, 1], [0, 1]))
+
+    def projected_residual(self, basis: str, rot: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        """``A^T W r`` [K] of a camera-frame residual [478, 3] (cm), for the basis rotated by ``rot``."""
+        v = self.share[:, None] * ((residual * COORDINATE_WEIGHTS) @ rot)     # [478, 3]
+        return np.tensordot(getattr(self, basis), v, axes=([1, 2], [0, 1]))
 
     def points(self, identity: np.ndarray, expression: np.ndarray) -> np.ndarray:
         """[478, 3] model landmark points (cm) for coefficients [I] and [E]."""
@@ -199,17 +221,10 @@ def fit_pose(model: np.ndarray, target: np.ndarray, weights: np.ndarray,
     return rot, k, t
 
 
-def design(basis: np.ndarray, rot: np.ndarray, row_weights: np.ndarray) -> np.ndarray:
-    """[N*3, K] weighted design matrix of a landmark basis [K, N, 3] rotated by ``rot`` [3, 3]."""
-    k = basis.shape[0]
-    return ((basis.reshape(-1, 3) @ rot.T).reshape(k, -1) * row_weights).T
-
-
-def residual_weights(bases: LandmarkBases) -> np.ndarray:
-    """[N*3] square-root weights of the coordinate residuals: landmark weight (averaged over the
-    landmarks, so priors are relative to a mean residual) and the z weight."""
-    sw = np.sqrt(bases.weights / bases.weights.sum())[:, None]
-    return (np.array([1.0, 1.0, np.sqrt(Z_WEIGHT)]) * sw).reshape(-1)
+def coordinate_gram(first: np.ndarray, second: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """[3, 3, K, M] ``G_jl = sum_n share_n first[:, n, j] second[:, n, l]^T`` of bases [K, N, 3], [M, N, 3]."""
+    # Contiguous: tensordot would otherwise copy it on every use.
+    return np.ascontiguousarray(np.einsum("knj,n,mnl->jlkm", first, share, second, optimize=True))
 
 
 def fit_coefficients(bases: LandmarkBases, targets: list[np.ndarray],
@@ -226,25 +241,22 @@ def fit_coefficients(bases: LandmarkBases, targets: list[np.ndarray],
     n = len(targets)
     off = n_id if solve_id else 0
     cols = off + n * n_ex
-    w = bases.row_weights
     hessian, rhs = np.zeros((cols, cols)), np.zeros(cols)
     fixed = bases.mean + (0.0 if solve_id else np.tensordot(identity, bases.identity, axes=1))
     for j, (target, (rot, k, t)) in enumerate(zip(targets, poses)):
-        b = (((target - t) / k - fixed @ rot.T).reshape(-1)) * w
+        residual = (target - t) / k - fixed @ rot.T
         ex = slice(off + j * n_ex, off + (j + 1) * n_ex)
-        a_ex = design(bases.expression, rot, w)
         penalty = np.full(n_ex, EXPRESSION_PRIOR)
         if start is not None:
             penalty = penalty + bases.pair_penalty(start[ex])
-        hessian[ex, ex] += a_ex.T @ a_ex + np.diag(penalty)
-        rhs[ex] += a_ex.T @ b
+        hessian[ex, ex] += bases.normal_matrix("expression", "expression", rot) + np.diag(penalty)
+        rhs[ex] += bases.projected_residual("expression", rot, residual)
         if solve_id:
-            a_id = design(bases.identity, rot, w)
-            hessian[:n_id, :n_id] += a_id.T @ a_id
-            cross = a_id.T @ a_ex
+            hessian[:n_id, :n_id] += bases.normal_matrix("identity", "identity", rot)
+            cross = bases.normal_matrix("identity", "expression", rot)
             hessian[:n_id, ex] += cross
             hessian[ex, :n_id] += cross.T
-            rhs[:n_id] += a_id.T @ b
+            rhs[:n_id] += bases.projected_residual("identity", rot, residual)
     if solve_id:
         hessian[:n_id, :n_id] += (IDENTITY_PRIOR if identity_prior is None else identity_prior) * np.eye(n_id)
     lower = np.concatenate([np.full(off, -IDENTITY_BOUND), np.zeros(n * n_ex)])
@@ -300,15 +312,12 @@ def refine_identity(bases: LandmarkBases, targets: list[np.ndarray],
                     poses: list[tuple[np.ndarray, float, np.ndarray]], expressions: list[np.ndarray],
                     prior: float = IDENTITY_REFINE_PRIOR) -> np.ndarray:
     """[I] identity for fixed poses and expressions, under the weak final prior (module docstring)."""
-    w = bases.row_weights
     n_id = bases.identity.shape[0]
     hessian, rhs = prior * len(targets) * np.eye(n_id), np.zeros(n_id)
     for target, e, (rot, k, t) in zip(targets, expressions, poses):
-        a = design(bases.identity, rot, w)
         base = bases.mean + np.tensordot(e, bases.expression, axes=1)
-        b = ((target - t) / k - base @ rot.T).reshape(-1) * w
-        hessian += a.T @ a
-        rhs += a.T @ b
+        hessian += bases.normal_matrix("identity", "identity", rot)
+        rhs += bases.projected_residual("identity", rot, (target - t) / k - base @ rot.T)
     bound = np.full(n_id, IDENTITY_BOUND)
     return box_least_squares(hessian, rhs, -bound, bound)
 
