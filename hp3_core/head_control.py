@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from .apply_checks import (check_connector_finite, check_finite_number, dtype_of, stack_renders,
@@ -59,22 +60,14 @@ class SamplingWindow:
         return low <= float(timestep) <= high
 
 
-def timestep_of_sigma(sigma: float, sigmas: torch.Tensor) -> float:
-    """The continuous model timestep of ``sigma`` on a discrete schedule ``sigmas`` [T] (rising).
+def timestep_of_sigma(sigma: float, log_sigmas: np.ndarray) -> float:
+    """The continuous model timestep of ``sigma`` on a discrete schedule, given its ``log_sigmas`` [T]
+    (float64, rising with the timestep).
 
     The inverse of ComfyUI's ``ModelSamplingDiscrete.sigma(t)``, which interpolates log sigma
     linearly between integer timesteps; sigmas beyond the table clamp to 0 or T - 1.
     """
-    log_sigmas = sigmas.detach().double().cpu().log()
-    s = math.log(max(float(sigma), 1e-30))
-    if s <= float(log_sigmas[0]):
-        return 0.0
-    if s >= float(log_sigmas[-1]):
-        return float(len(log_sigmas) - 1)
-    high = int(torch.searchsorted(log_sigmas, torch.tensor([s], dtype=torch.float64))[0])
-    low = high - 1
-    w = (s - float(log_sigmas[low])) / (float(log_sigmas[high]) - float(log_sigmas[low]))
-    return low + w
+    return float(np.interp(math.log(max(float(sigma), 1e-30)), log_sigmas, np.arange(len(log_sigmas))))
 
 
 @dataclass(frozen=True, eq=False)

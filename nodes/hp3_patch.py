@@ -184,6 +184,7 @@ class HP3UNetWrapper(_SharedPatch):
         self.inner = inner
         self.install = install
         self.patcher = patcher
+        self._log_sigmas = None  # the schedule's log sigmas on the CPU (window_timestep)
 
     # -- host protocol -----------------------------------------------------------------------
     def to(self, device_or_dtype=None, *args, **kwargs) -> HP3UNetWrapper:
@@ -240,10 +241,12 @@ class HP3UNetWrapper(_SharedPatch):
 
     def window_timestep(self, sigma: float) -> float:
         """The continuous model timestep of ``sigma`` (the window is in timesteps, see SamplingWindow)."""
-        sigmas = getattr(self.model_sampling, "sigmas", None)
-        if sigmas is None:  # not a discrete schedule: its own timestep (SD1.5/SDXL are discrete)
-            return float(self.model_sampling.timestep(torch.tensor([sigma])).flatten()[0])
-        return timestep_of_sigma(sigma, sigmas)
+        if self._log_sigmas is None:
+            sigmas = getattr(self.model_sampling, "sigmas", None)
+            if sigmas is None:  # not a discrete schedule: its own timestep (SD1.5/SDXL are discrete)
+                return float(self.model_sampling.timestep(torch.tensor([sigma])).flatten()[0])
+            self._log_sigmas = sigmas.detach().double().cpu().log().numpy()  # once, not per step
+        return timestep_of_sigma(sigma, self._log_sigmas)
 
     def connector_state(self, x: torch.Tensor, sigma: torch.Tensor, c: dict,
                         cond_or_uncond: list) -> ConnectorState | None:
