@@ -2,19 +2,18 @@
 
 A :class:`HeadControl` holds the person's head tokens, the shaded renders of the driving frames,
 the strength and the :class:`SamplingWindow`. The ComfyUI wrapper (``nodes/hp3_patch.py``) and the
-diffusers :class:`~hp3_core.pipeline.HP3Pipeline` both call :func:`prepare_call` once per UNet call
-with what their host hands them (the UNet's input, its timesteps, the rows of the conditional
-branch); it returns the :class:`~hp3_core.connector.ConnectorState` the installed decoder hooks
-apply, or None (the base UNet runs exactly). The hosts differ only in how they find those inputs.
+diffusers :class:`~hp3_core.pipeline.HP3Pipeline` test the strength and the window first (outside
+them the base UNet runs exactly and nothing is computed), then call :func:`prepare_call` with what
+their host hands them (the UNet's input, its timesteps, the rows of the conditional branch); it
+returns the :class:`~hp3_core.connector.ConnectorState` the installed decoder hooks apply. The hosts
+differ only in how they find those inputs.
 The data path is written out in docs/data_path.md.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from .apply_checks import (check_connector_finite, check_finite_number, dtype_of, stack_renders,
@@ -35,8 +34,10 @@ class SamplingWindow:
     the noisiest end, 1 the clean end. HP3 acts at a UNet call whose timestep ``t`` satisfies
     ``(1 - end) * (T - 1) <= t <= (1 - start) * (T - 1)``. ComfyUI's ``percent_to_sigma`` maps
     ``p`` to the sigma of that same timestep and sigma rises with ``t``, so this is exactly how
-    ComfyUI's ControlNet reads the two numbers; the diffusers pipeline compares the scheduler's
-    timesteps with the same bounds. Continuous timesteps (ComfyUI's Karras schedules) are fine.
+    ComfyUI's ControlNet reads the two numbers. The diffusers pipeline tests the scheduler's
+    timesteps with :meth:`contains`; the ComfyUI wrapper compares each call's sigma with
+    ``percent_to_sigma(end) <= sigma <= percent_to_sigma(start)``, computed once per Apply (the
+    same rule; a test checks both hosts act on the same steps of one schedule).
     """
 
     start: float = 0.0
@@ -58,16 +59,6 @@ class SamplingWindow:
         """Whether HP3 acts at a UNet call at ``timestep`` (0..T-1, may be fractional)."""
         low, high = self.timestep_bounds(num_train_timesteps)
         return low <= float(timestep) <= high
-
-
-def timestep_of_sigma(sigma: float, log_sigmas: np.ndarray) -> float:
-    """The continuous model timestep of ``sigma`` on a discrete schedule, given its ``log_sigmas`` [T]
-    (float64, rising with the timestep).
-
-    The inverse of ComfyUI's ``ModelSamplingDiscrete.sigma(t)``, which interpolates log sigma
-    linearly between integer timesteps; sigmas beyond the table clamp to 0 or T - 1.
-    """
-    return float(np.interp(math.log(max(float(sigma), 1e-30)), log_sigmas, np.arange(len(log_sigmas))))
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,7 +83,7 @@ class HeadControl:
     backend: str = "?"
     full_head: bool = True
     weights_path: str = IN_MEMORY
-    _hints: dict = field(default_factory=dict, repr=False, compare=False)
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)  # hints and tokens per call shape
 
     def __deepcopy__(self, memo):
         return self  # immutable; shares the HP3 weights (ModelPatcher.clone deep-copies options)
@@ -106,14 +97,23 @@ class HeadControl:
         """[rows, 3, 8h, 8w] renders for the conditional rows, frames mapped within each chunk.
 
         ``per_chunk`` rows form one conditional chunk (ComfyUI may batch several); within a chunk
-        row j gets frame ``j % F``. Resized once per latent size: the same every step.
+        row j gets frame ``j % F``. Made once per call shape: the same every step.
         """
-        key = (latent_h, latent_w, per_chunk, str(device), dtype)
-        cached = self._hints.get(key)
+        key = ("hint", latent_h, latent_w, rows, per_chunk, str(device), dtype)
+        cached = self._cache.get(key)
         if cached is None:
             renders = self.renders.to(device).movedim(-1, 1)
-            cached = self._hints[key] = hint_frames(renders, latent_h, latent_w, per_chunk).to(dtype)
-        return cached.repeat(rows // per_chunk, 1, 1, 1)
+            cached = hint_frames(renders, latent_h, latent_w, per_chunk).to(dtype)
+            cached = self._cache[key] = cached.repeat(rows // per_chunk, 1, 1, 1) if rows != per_chunk else cached
+        return cached
+
+    def row_tokens(self, rows: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """[rows, N, D] the head tokens for each conditional row (a view of one cast copy)."""
+        key = ("tokens", str(device), dtype)
+        tokens = self._cache.get(key)
+        if tokens is None:
+            tokens = self._cache[key] = self.tokens.to(device, dtype)
+        return tokens.unsqueeze(0).expand(rows, *tokens.shape)
 
 
 def make_head_control(model: Any, tokens: torch.Tensor, shaded: list[torch.Tensor] | torch.Tensor,
@@ -152,9 +152,12 @@ def make_head_control(model: Any, tokens: torch.Tensor, shaded: list[torch.Tenso
 
 
 def prepare_call(control: HeadControl, model: Any, sample: torch.Tensor, timesteps: torch.Tensor,
-                 window_timestep: float, rows: torch.Tensor, batch: int, per_chunk: int,
-                 y: torch.Tensor | None = None, where: str = "") -> ConnectorState | None:
-    """The connector state of one UNet call, or None when HP3 is off (strength 0, outside the window).
+                 rows: torch.Tensor, batch: int, per_chunk: int, y: torch.Tensor | None = None,
+                 where: str = "") -> ConnectorState:
+    """The connector state of one UNet call where HP3 acts.
+
+    The host calls it only inside the window and at a strength above 0 (those tests come first, so
+    a call outside the window costs nothing), with at least one conditional row.
 
     Args:
         control: the run's :class:`HeadControl`.
@@ -163,20 +166,17 @@ def prepare_call(control: HeadControl, model: Any, sample: torch.Tensor, timeste
         sample: [n, 4, h, w] the UNet input of the conditional rows, scaled for the model
             (ComfyUI's ``calculate_input``, diffusers' ``scale_model_input``).
         timesteps: [n] the UNet's timesteps for those rows (0..999).
-        window_timestep: the call's timestep for the window test (continuous in ComfyUI).
         rows: [n] long, the conditional rows' indices in the UNet batch.
         batch: B, the UNet batch size.
         per_chunk: rows per conditional chunk (frames map to rows within a chunk).
         y: [n, adm] SDXL's added conditioning of those rows, or None.
         where: appended to the message when the features are not finite (e.g. the sigma).
     """
-    if control.strength == 0 or len(rows) == 0 or not control.window.contains(window_timestep):
-        return None
     dtype = dtype_of(model)
     h, w = sample.shape[-2:]
-    hint = control.hint(h, w, len(rows), per_chunk, sample.device, dtype)
-    tokens = control.tokens.to(sample.device, dtype)
-    tokens = tokens.unsqueeze(0).expand(len(rows), *tokens.shape)
+    n = len(rows)
+    tokens = control.row_tokens(n, sample.device, dtype)
+    hint = control.hint(h, w, n, per_chunk, sample.device, dtype)
     with torch.no_grad():
         features = model.control_features(sample.to(dtype), timesteps.float(), tokens, hint,
                                           None if y is None else y.to(dtype))

@@ -45,14 +45,14 @@ def pipeline_family(pipe) -> str:
 
 
 def _as_renders(render: torch.Tensor) -> torch.Tensor:
-    """[F, H, W, 3] float CPU renders from [H, W, 3] or [F, H, W, 3]."""
+    """[F, H, W, 3] renders from [H, W, 3] or [F, H, W, 3] (make_head_control stacks them as float)."""
     if not torch.is_tensor(render):
         raise HP3Error(f"render must be a torch tensor [H, W, 3] or [B, H, W, 3] in 0..1, got {type(render).__name__}")
     if render.dim() == 3:
         render = render.unsqueeze(0)
     if render.dim() != 4 or render.shape[-1] != 3:
         raise HP3Error(f"render must be [H, W, 3] or [B, H, W, 3] (RGB, 0..1), got shape {list(render.shape)}")
-    return render.detach().float().cpu()
+    return render.detach()
 
 
 class HP3Pipeline:
@@ -136,7 +136,8 @@ class HP3Pipeline:
     @contextlib.contextmanager
     def _hooks(self, unet, control: HeadControl) -> Iterator[None]:
         active: list = []  # the token of the connector state made active before the UNet call
-        pre = unet.register_forward_pre_hook(lambda m, a, k: self._before(m, a, k, control, active),
+        train_steps = int(getattr(self.pipe.scheduler.config, "num_train_timesteps", NUM_TRAIN_TIMESTEPS))
+        pre = unet.register_forward_pre_hook(lambda m, a, k: self._before(m, a, k, control, active, train_steps),
                                              with_kwargs=True)
         post = unet.register_forward_hook(lambda m, a, o: _leave(active), always_call=True)
         try:
@@ -146,14 +147,18 @@ class HP3Pipeline:
             post.remove()
             _leave(active)
 
-    def _before(self, unet, args, kwargs, control: HeadControl, active: list) -> None:
+    def _before(self, unet, args, kwargs, control: HeadControl, active: list, train_steps: int) -> None:
         _leave(active)
         sample = args[0] if args else kwargs["sample"]
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        t = torch.as_tensor(timestep, device=sample.device).float().flatten()
+        # Strength and window first: outside them the UNet runs bare and nothing is prepared.
+        if control.strength == 0 or not control.window.contains(float(t[-1]) * NUM_TRAIN_TIMESTEPS / train_steps):
+            return
         batch = sample.shape[0]
         cfg = bool(getattr(self.pipe, "do_classifier_free_guidance", False)) and batch % 2 == 0
-        rows = torch.arange(batch // 2 if cfg else 0, batch, device=sample.device)  # diffusers: [uncond, cond]
-        t = torch.as_tensor(timestep, device=sample.device).float().flatten()
+        first = batch // 2 if cfg else 0
+        cond = slice(first, batch)  # diffusers batches CFG as [uncond, cond]: views, not copies
         t = t.expand(batch) if t.numel() == 1 else t
         y = None
         if self.family == "sdxl":
@@ -161,12 +166,10 @@ class HP3Pipeline:
             if "text_embeds" not in added or "time_ids" not in added:
                 raise HP3Error("the SDXL UNet call has no added_cond_kwargs text_embeds/time_ids; "
                                "use a StableDiffusionXLPipeline")
-            y = sdxl_added_cond(unet, added["text_embeds"][rows], added["time_ids"][rows])
-        train_steps = int(getattr(self.pipe.scheduler.config, "num_train_timesteps", NUM_TRAIN_TIMESTEPS))
-        state = prepare_call(control, self.hp3, sample[rows], t[rows], float(t[rows[0]]) * NUM_TRAIN_TIMESTEPS
-                             / train_steps, rows, batch, per_chunk=len(rows), y=y)
-        if state is not None:
-            active.append(enter_active(state))
+            y = sdxl_added_cond(unet, added["text_embeds"][cond], added["time_ids"][cond])
+        rows = torch.arange(first, batch, device=sample.device)
+        active.append(enter_active(prepare_call(control, self.hp3, sample[cond], t[cond], rows, batch,
+                                                per_chunk=batch - first, y=y)))
 
 
 def _leave(active: list) -> None:

@@ -107,7 +107,3 @@ def ensure_loaded(patcher: Any) -> None:
     keep = [loaded.model for loaded in mm.current_loaded_models
             if loaded.model is not None and getattr(loaded.model, "load_device", None) == patcher.load_device]
     mm.load_models_gpu([patcher] + keep)
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device

@@ -50,10 +50,10 @@ from ..hp3_core import connector as hp3_connector
 from ..hp3_core.apply_checks import check_decoder_fits, check_head_finite, device_of
 from ..hp3_core.connector import ConnectorState, ModulatedGroupNorm
 from ..hp3_core.errors import HP3Error
-from ..hp3_core.head_control import HeadControl, SamplingWindow, make_head_control, prepare_call, timestep_of_sigma
+from ..hp3_core.head_control import HeadControl, SamplingWindow, make_head_control, prepare_call
 from ..hp3_core.weights import check_family
 from . import sockets
-from .hp3_memory import compute_dtype, ensure_loaded, host_loads_patch_models, hp3_patcher, model_device
+from .hp3_memory import compute_dtype, ensure_loaded, host_loads_patch_models, hp3_patcher
 from .model_family import model_family
 
 log = logging.getLogger(__name__)
@@ -174,23 +174,24 @@ class HP3UNetWrapper(_SharedPatch):
         inner: a wrapper the MODEL already had; it is called inside this one (chained).
         install: the :class:`HP3Install` this wrapper belongs to (None: always acts).
         patcher: the host ModelPatcher of the HP3 model in the UNet's compute dtype
-            (:func:`.hp3_memory.hp3_patcher`); None: the float32 model, moved by hand.
+            (:func:`.hp3_memory.hp3_patcher`).
     """
 
-    def __init__(self, control: HeadControl, model_sampling: Any, inner: Any = None,
-                 install: HP3Install | None = None, patcher: Any = None) -> None:
+    def __init__(self, control: HeadControl, model_sampling: Any, inner: Any, install: HP3Install | None,
+                 patcher: Any) -> None:
         self.control = control
         self.model_sampling = model_sampling
         self.inner = inner
         self.install = install
         self.patcher = patcher
-        self._log_sigmas = None  # the schedule's log sigmas on the CPU (window_timestep)
+        # The window as sigmas, once per Apply: ComfyUI's ControlNet rule (SamplingWindow's meaning).
+        self.sigma_low = float(model_sampling.percent_to_sigma(control.window.end))
+        self.sigma_high = float(model_sampling.percent_to_sigma(control.window.start))
+        self.loads_itself = not host_loads_patch_models()  # 2024 host: it does not read .models()
 
     # -- host protocol -----------------------------------------------------------------------
     def to(self, device_or_dtype=None, *args, **kwargs) -> HP3UNetWrapper:
-        # The HP3 model's device is the host's business (its patcher); without one, move by hand.
-        if self.patcher is None and device_or_dtype is not None and not isinstance(device_or_dtype, torch.dtype):
-            _to_device(self.control.model, torch.device(device_or_dtype))
+        # The HP3 model's device is the host's business (its patcher); only the chained wrapper moves.
         inner = self.inner
         if inner is not None and hasattr(inner, "to"):
             moved = inner.to(device_or_dtype, *args, **kwargs)
@@ -201,20 +202,15 @@ class HP3UNetWrapper(_SharedPatch):
     def models(self) -> list:
         """The HP3 model's ModelPatcher (the host loads and counts it) and what the chained wrapper reports."""
         inner = self.inner
-        own = [self.patcher] if self.patcher is not None else []
-        return own + (list(inner.models()) if inner is not None and hasattr(inner, "models") else [])
+        return [self.patcher] + (list(inner.models()) if inner is not None and hasattr(inner, "models") else [])
 
     def running_model(self, device: torch.device) -> Any:
         """The HP3 model to run this call with, on ``device`` (loaded through the host when it can)."""
-        if self.patcher is None:
-            model = self.control.model
-        else:
-            if not host_loads_patch_models():
-                ensure_loaded(self.patcher)  # 2024 host: it does not read .models()
-            model = self.patcher.model
-        if model_device(model) != torch.device(device):
-            # Called outside the host's sampling (or the host left it elsewhere): move by hand.
-            _to_device(model, device)
+        if self.loads_itself:
+            ensure_loaded(self.patcher)
+        model = self.patcher.model
+        # Called outside the host's sampling (or the host left it elsewhere): move by hand.
+        _to_device(model, device)
         return model
 
     # -- the model call ----------------------------------------------------------------------
@@ -239,25 +235,17 @@ class HP3UNetWrapper(_SharedPatch):
         per = batch // chunks
         return [k * per + j for k, flag in enumerate(cond_or_uncond) if flag == 0 for j in range(per)]
 
-    def window_timestep(self, sigma: float) -> float:
-        """The continuous model timestep of ``sigma`` (the window is in timesteps, see SamplingWindow)."""
-        if self._log_sigmas is None:
-            sigmas = getattr(self.model_sampling, "sigmas", None)
-            if sigmas is None:  # not a discrete schedule: its own timestep (SD1.5/SDXL are discrete)
-                return float(self.model_sampling.timestep(torch.tensor([sigma])).flatten()[0])
-            self._log_sigmas = sigmas.detach().double().cpu().log().numpy()  # once, not per step
-        return timestep_of_sigma(sigma, self._log_sigmas)
-
     def connector_state(self, x: torch.Tensor, sigma: torch.Tensor, c: dict,
                         cond_or_uncond: list) -> ConnectorState | None:
         """The connector state of one model call (:func:`~hp3_core.head_control.prepare_call`), or
         None (base UNet) when HP3 is off."""
         control = self.control
+        s = float(sigma.flatten()[0])
+        if control.strength == 0 or not self.sigma_low <= s <= self.sigma_high:
+            return None
         batch = x.shape[0]
         rows = self.hp3_rows(batch, cond_or_uncond)
-        s = float(sigma.flatten()[0])
-        t = self.window_timestep(s)
-        if control.strength == 0 or not rows or not control.window.contains(t):
+        if not rows:
             return None
         idx = torch.tensor(rows, device=x.device, dtype=torch.long)
         ms = self.model_sampling
@@ -267,9 +255,8 @@ class HP3UNetWrapper(_SharedPatch):
             y = y.to(x.device)[idx]
         model = self.running_model(x.device)
         try:
-            return prepare_call(control, model, ms.calculate_input(sig, x[idx]), ms.timestep(sig),
-                                t, idx, batch, batch // max(1, len(cond_or_uncond)), y,
-                                where=f"sigma {s:.4g}")
+            return prepare_call(control, model, ms.calculate_input(sig, x[idx]), ms.timestep(sig), idx, batch,
+                                batch // max(1, len(cond_or_uncond)), y, where=f"sigma {s:.4g}")
         except HP3Error:
             _check_sampling_inputs(x[idx], y, s)  # only on failure: no sync per step
             raise
