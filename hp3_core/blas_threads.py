@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
+
 @contextlib.contextmanager
 def single_blas_thread() -> Iterator[None]:
     """Run the block with one BLAS thread (numpy/scipy), then restore the previous counts.
@@ -26,10 +27,10 @@ def single_blas_thread() -> Iterator[None]:
     process (scipy's own OpenBLAS, next to numpy's) is limited too.
     """
     try:
-        from threadpoolctl import ThreadpoolController
+        from threadpoolctl import threadpool_limits
     except ImportError:
         log.debug("threadpoolctl is not installed: BLAS keeps its thread count")
         yield
         return
-    with ThreadpoolController().limit(limits=1, user_api="blas"):
+    with threadpool_limits(limits=1, user_api="blas"):
         yield

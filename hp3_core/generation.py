@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from .errors import HP3Error
 from .head3d.reconstructor import build_reconstructor
 from .model_folders import cli_folders
 
@@ -50,14 +49,10 @@ def load_models(base: str | Path, hp3_path: str | Path, models_dir: Sequence[str
     ``insightface`` means MediaPipe. ``models_dir`` also holds the SMIRK/FLAME files (in the folder
     or its ``smirk``/``flame`` sub-folder, :func:`~hp3_core.model_folders.cli_folders`).
     """
-    import torch
-
     from .head_encoder.clip_vision import ClipVisionEncoder
     from .head_encoder.identity import load_face_analyzer
     from .pipeline import HP3Pipeline
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise HP3Error("--device cuda: no CUDA device is available; use --device cpu")
     hp3 = HP3Pipeline.from_files(base, hp3_path, device=device)
     hp3.pipe.set_progress_bar_config(disable=True)
     analyzer = load_face_analyzer(hp3.hp3.config.encoder.identity, list(models_dir), dlib_dirs, pack=pack,

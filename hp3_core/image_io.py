@@ -175,11 +175,11 @@ def analysis_image(image: np.ndarray | torch.Tensor, name: str = "image",
     full = (int(arr.shape[0]), int(arr.shape[1]))
     if max(full) > max_side and arr.dtype in (np.float32, np.float64, np.uint8, np.uint16) \
             and (arr.ndim == 2 or arr.shape[-1] in (1, 2, 3, 4)):
-        arr = _resize_any(arr, _reduced_size(full, max_side))
+        arr = _resize_any(arr, reduced_size(full, max_side))
     return AnalysisImage(_reduce(to_rgb_uint8(arr, name), full, max_side), full)
 
 
-def _reduced_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+def reduced_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     """(h, w) of ``size`` scaled so the longer side is at most ``max_side`` (at least 1 px)."""
     scale = min(1.0, max_side / max(size))
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
@@ -198,7 +198,7 @@ def _resize_any(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _reduce(pixels: np.ndarray, full: tuple[int, int], max_side: int) -> np.ndarray:
     """RGB uint8 ``pixels`` resized to the reduced size of ``full`` (no copy when it already is)."""
-    target = _reduced_size(full, max_side)
+    target = reduced_size(full, max_side)
     if tuple(pixels.shape[:2]) == target:
         return pixels
     return np.ascontiguousarray(_resize_any(pixels, target))

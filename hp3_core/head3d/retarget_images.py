@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import HP3Error
-from ..image_io import AnalysisImage, analysis_image
+from ..image_io import AnalysisImage, analysis_image, reduced_size
 from ..render import RenderedMaps, blank_maps
 from ..render.maps import NORMAL_BACKGROUND
 from .params import FaceInfo, HeadParams
@@ -76,8 +76,7 @@ def rescale_frame(params: HeadParams, from_size: tuple[int, int], to_size: tuple
 def render_size(size: tuple[int, int], max_side: int | None = None) -> tuple[int, int]:
     """(h, w) the maps of a frame of ``size`` are rasterized at (the size itself up to ``max_side``,
     default :data:`RENDER_MAX_SIDE`)."""
-    scale = min(1.0, (max_side or RENDER_MAX_SIDE) / max(size))
-    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+    return reduced_size(size, max_side or RENDER_MAX_SIDE)
 
 
 def in_common_crop(head: HeadParams, reference: torch.Tensor) -> HeadParams:

@@ -20,14 +20,15 @@ from threading import Lock
 
 import numpy as np
 
+from ..config import IDENTITY_DIMS
 from ..errors import HP3Error, MissingModelFileError
+from .dlib_analysis import CHIP_SIZE
 from .face_analysis import ALIGNED_SIZE, DETECTIONS as INSIGHTFACE_DETECTIONS, FaceAnalyzer, find_pack
 
 log = logging.getLogger(__name__)
 
-IDENTITY_BACKENDS = ("insightface", "dlib")
+IDENTITY_BACKENDS = tuple(IDENTITY_DIMS)
 IDENTITY_CHOICES = ("auto", *IDENTITY_BACKENDS)
-IDENTITY_DIMS = {"insightface": 512, "dlib": 128}
 IDENTITY_NAMES = {"insightface": "insightface ArcFace (512-d)", "dlib": "dlib ResNet (128-d, public domain)"}
 # Every detection any backend takes (the node's list): each backend's own detector, or MediaPipe.
 ALL_DETECTIONS = ("insightface", "mediapipe", "dlib")
@@ -131,7 +132,7 @@ identity_analyzer_cache = IdentityAnalyzerCache()
 
 def aligned_size(backend: str) -> int:
     """The recogniser's aligned input side in pixels (ArcFace 112, dlib 150)."""
-    return ALIGNED_SIZE if backend == "insightface" else 150
+    return ALIGNED_SIZE if backend == "insightface" else CHIP_SIZE
 
 
 def alignment_for(backend: str, keypoints: np.ndarray) -> np.ndarray:

@@ -100,7 +100,7 @@ def _accumulate_normals(fn: Tensor, faces: Tensor, nverts: int) -> Tensor:
 
 
 def render_maps(verts: Tensor, faces: Tensor, height: int, width: int,
-                face_subset: Tensor | None = None, albedo: float = 0.7,
+                face_subset: Tensor | None = None, cullable: Tensor | None = None, albedo: float = 0.7,
                 lights: Tensor | None = None, ambient: float = DEFAULT_AMBIENT,
                 background: float = 0.0,
                 normal_background: tuple[float, float, float] = NORMAL_BACKGROUND
@@ -114,6 +114,7 @@ def render_maps(verts: Tensor, faces: Tensor, height: int, width: int,
         width: image width W in pixels.
         face_subset: optional [F] bool; only these triangles are drawn (e.g. face only). Vertex
             normals still use every face, so shading at the subset's border matches the full head.
+        cullable: optional [F] bool; skipped where they face away (see :func:`.rasterizer.rasterize`).
         albedo: grey level of the surface.
         lights: [L, 3] camera-space directions toward the lights; their lengths are the
             intensities. Default: DECA's five lights (:data:`DEFAULT_LIGHTS`).
@@ -127,7 +128,7 @@ def render_maps(verts: Tensor, faces: Tensor, height: int, width: int,
     verts = verts.to(torch.float32)
     faces = faces.to(device=verts.device, dtype=torch.int64)
     batch = verts.shape[0]
-    frags = rasterize(verts, faces, height, width, face_subset=face_subset)
+    frags = rasterize(verts, faces, height, width, face_subset=face_subset, cullable=cullable)
     # Work on the covered pixels only ([N] arrays), then scatter into the dense maps once.
     image, row, col = frags.mask.nonzero(as_tuple=True)                  # [N] each
     flat = (image * height + row) * width + col

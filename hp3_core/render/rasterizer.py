@@ -100,7 +100,7 @@ class Fragments:
 
 def rasterize(verts: Tensor, faces: Tensor, height: int, width: int,
               face_subset: Tensor | None = None, backend: str = "torch",
-              max_candidates: int = DEFAULT_MAX_CANDIDATES) -> Fragments:
+              max_candidates: int = DEFAULT_MAX_CANDIDATES, cullable: Tensor | None = None) -> Fragments:
     """Rasterize triangles with a z-buffer (nearest = smallest z wins).
 
     Args:
@@ -113,6 +113,9 @@ def rasterize(verts: Tensor, faces: Tensor, height: int, width: int,
         backend: ``"torch"`` (default) or ``"pytorch3d"`` (only if that package imports).
         max_candidates: bound on (triangle, pixel) candidate pairs processed at once (torch
             backend only); lower it to save memory.
+        cullable: optional [F] bool; these faces are skipped where they face away from the camera
+            (screen-space ``(v1 - v0) x (v2 - v0)`` with z >= 0; meant for the back faces of closed,
+            outward-wound surfaces, which front faces hide).
 
     Returns:
         :class:`Fragments` with [B, H, W] face index, barycentrics, depth and coverage.
@@ -120,9 +123,11 @@ def rasterize(verts: Tensor, faces: Tensor, height: int, width: int,
     verts, faces = _check_inputs(verts, faces, height, width, face_subset)
     batch, nfaces = verts.shape[0], faces.shape[0]
     tri = verts[:, faces].reshape(-1, 3, 3)                              # [B*F, 3, 3]
-    coef, valid = _face_coefficients(tri)                                # [B*F, 9], [B*F]
+    coef, valid, double_area = _face_coefficients(tri)                   # [B*F, 9], [B*F], [B*F]
     if face_subset is not None:
         valid &= face_subset.to(device=valid.device, dtype=torch.bool).repeat(batch)
+    if cullable is not None:
+        valid &= (double_area < 0) | ~cullable.to(device=valid.device, dtype=torch.bool).repeat(batch)
     if backend == "torch":
         face_index = _nearest_faces_torch(tri, coef, valid, batch, nfaces, height, width,
                                           max_candidates)
@@ -149,7 +154,7 @@ def _check_inputs(verts: Tensor, faces: Tensor, height: int, width: int,
     return verts.to(torch.float32), faces.to(device=verts.device, dtype=torch.int64)
 
 
-def _face_coefficients(tri: Tensor) -> tuple[Tensor, Tensor]:
+def _face_coefficients(tri: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per-triangle constants for barycentrics and depth at any screen point.
 
     Args:
@@ -160,6 +165,8 @@ def _face_coefficients(tri: Tensor) -> tuple[Tensor, Tensor]:
             ``w1 = a1*dx + b1*dy``, ``w2 = a2*dx + b2*dy``, ``w0 = 1 - w1 - w2`` and
             ``z = z0 + w1*dz1 + w2*dz2``. Working relative to v0 keeps float32 cancellation small.
         valid: [N] bool, False for degenerate or non-finite triangles.
+        double_area: [N] signed twice the screen area (< 0: the triangle faces the camera when
+            wound outward, see :func:`rasterize`'s ``cullable``).
     """
     v0, v1, v2 = tri.unbind(dim=1)
     e1, e2 = v1 - v0, v2 - v0
@@ -169,7 +176,7 @@ def _face_coefficients(tri: Tensor) -> tuple[Tensor, Tensor]:
     coef = torch.stack([v0[:, 0], v0[:, 1], v0[:, 2],
                         e2[:, 1] * inv, -e2[:, 0] * inv, -e1[:, 1] * inv, e1[:, 0] * inv,
                         e1[:, 2], e2[:, 2]], dim=1)
-    return torch.where(valid[:, None], coef, 0.0), valid
+    return torch.where(valid[:, None], coef, 0.0), valid, double_area
 
 
 def _evaluate(coef: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

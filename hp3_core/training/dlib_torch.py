@@ -32,9 +32,6 @@ from ..head_encoder.dlib_format import Layer, read_network
 
 log = logging.getLogger(__name__)
 
-CHIP_SIZE = 150
-DESCRIPTOR_DIM = 128
-
 
 def _pad_add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """dlib's ``add_prev``: a + b on the larger of each axis, missing values taken as zero."""

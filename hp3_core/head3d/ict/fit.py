@@ -206,7 +206,7 @@ def fit_pose(model: np.ndarray, target: np.ndarray, weights: np.ndarray,
              ) -> tuple[np.ndarray, float, np.ndarray]:
     """(R, k, t) minimising ``sum_i w_i |S (k R X_i + t - P_i)|^2``, S = diag(1, 1, sqrt(Z_WEIGHT))."""
     rot, k, t = start if start is not None else umeyama(model, target, weights)
-    s = np.array([1.0, 1.0, np.sqrt(Z_WEIGHT)])
+    s = np.sqrt(COORDINATE_WEIGHTS)
     sw = np.sqrt(weights)[:, None, None]
     for _ in range(GAUSS_NEWTON_STEPS):
         rx = model @ rot.T                                                   # [N, 3]
@@ -229,7 +229,7 @@ def coordinate_gram(first: np.ndarray, second: np.ndarray, share: np.ndarray) ->
 
 def fit_coefficients(bases: LandmarkBases, targets: list[np.ndarray],
                      poses: list[tuple[np.ndarray, float, np.ndarray]],
-                     identity: np.ndarray | None = None, identity_prior: float | None = None,
+                     identity: np.ndarray | None = None,
                      start: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """Identity (shared, unless given: then held fixed) and per-image expression for fixed poses.
 
@@ -258,7 +258,7 @@ def fit_coefficients(bases: LandmarkBases, targets: list[np.ndarray],
             hessian[ex, :n_id] += cross.T
             rhs[:n_id] += bases.projected_residual("identity", rot, residual)
     if solve_id:
-        hessian[:n_id, :n_id] += (IDENTITY_PRIOR if identity_prior is None else identity_prior) * np.eye(n_id)
+        hessian[:n_id, :n_id] += IDENTITY_PRIOR * np.eye(n_id)
     lower = np.concatenate([np.full(off, -IDENTITY_BOUND), np.zeros(n * n_ex)])
     upper = np.concatenate([np.full(off, IDENTITY_BOUND), np.ones(n * n_ex)])
     sol = box_least_squares(hessian, rhs, lower, upper, start=start)
