@@ -7,27 +7,18 @@ read ship in ``tests/data`` (see NOTICE.md there), so nothing skips for want of 
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from harness.needs import require
 from harness.tiny_hp3 import write_tiny_hp3
 from hp3_core.comfy_server import ComfyServer
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / "tests" / "data"
 ARTIFACTS = REPO / "test-artifacts"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def require(ok: bool, reason: str) -> None:
-    """Skip when something ``make test`` provides is missing, but fail under CI."""
-    if not ok:
-        if IN_CI:
-            pytest.fail(f"{reason} (make test installs it; CI must have it)")
-        pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

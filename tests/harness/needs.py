@@ -18,6 +18,15 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def require(ok: bool, reason: str) -> None:
+    """Skip when something ``make test`` provides is missing, but fail under CI (module level too)."""
+    if ok:
+        return
+    if in_ci():
+        pytest.fail(f"{reason} (make test installs it; CI must have it)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
 def installed(module: str, why: str) -> ModuleType:
     """Import ``module``; if it is missing, skip (fail under CI) naming ``why`` the test needs it.
 
@@ -26,7 +35,4 @@ def installed(module: str, why: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        reason = f"{module} is not installed: {why} (make test installs it; {err})"
-        if in_ci():
-            pytest.fail(f"{reason}; CI must have it", pytrace=False)
-        pytest.skip(reason, allow_module_level=True)
+        require(False, f"{module} is not installed: {why} ({err})")
