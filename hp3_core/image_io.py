@@ -250,15 +250,21 @@ def save_image(path: str | Path, image: np.ndarray) -> None:
 
 def write_error(path: str | Path, err: OSError) -> HP3Error:
     """An OSError from writing ``path`` as a one-line error with the fix."""
-    why = {errno.ENOSPC: "the disk is full: free some space or write to another disk",
-           errno.EDQUOT: "the disk quota is used up: free some space or write to another disk",
-           errno.EROFS: "the file system is read-only: choose a writable folder",
-           errno.EACCES: "permission denied: choose a folder you can write to",
-           errno.EPERM: "permission denied: choose a folder you can write to",
-           errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
-           errno.EISDIR: "it is a folder: give a file name"}.get(err.errno, f"{err.strerror or err}: "
-                                                                            "choose another path")
-    return HP3Error(f"cannot write '{path}': {why}")
+    return HP3Error(f"cannot write '{path}': {write_reason(err)}")
+
+
+_WRITE_REASONS = {errno.ENOSPC: "the disk is full: free some space or write to another disk",
+                  errno.EDQUOT: "the disk quota is used up: free some space or write to another disk",
+                  errno.EROFS: "the file system is read-only: choose a writable folder",
+                  errno.EACCES: "permission denied: choose a folder you can write to",
+                  errno.EPERM: "permission denied: choose a folder you can write to",
+                  errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+                  errno.EISDIR: "it is a folder: give a file name"}
+
+
+def write_reason(err: OSError) -> str:
+    """Why a write failed and what to do, in a few words (disk full, read-only, permission...)."""
+    return _WRITE_REASONS.get(err.errno, f"{err.strerror or err}: choose another path")
 
 
 def _remove_partial(path: Path) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import HP3Error
-from ..image_io import write_error
+from ..image_io import write_reason
 
 # An output folder whose disk has less free space than this is refused up front.
 MIN_FREE_BYTES = 16 * 1024 * 1024
@@ -110,7 +110,7 @@ def output_folder(option: str, path: str | Path, min_free: int = MIN_FREE_BYTES)
     except FileExistsError:
         raise HP3Error(f"{option} '{p}': a part of the path is a file, not a folder; choose another path") from None
     except OSError as err:
-        raise HP3Error(f"{option} '{p}' cannot be made: {_reason(err)}") from None
+        raise HP3Error(f"{option} '{p}' cannot be made: {write_reason(err)}") from None
     _probe(option, p, min_free)
     return p
 
@@ -137,16 +137,12 @@ def _probe(option: str, folder: Path, min_free: int) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as err:
-        raise HP3Error(f"{option} '{folder}' is not writable: {_reason(err)}") from None
+        raise HP3Error(f"{option} '{folder}' is not writable: {write_reason(err)}") from None
     free = shutil.disk_usage(folder).free
     if free < min_free:
         raise HP3Error(f"{option} '{folder}': its disk has only {free / 2**20:.1f} MB free; free some space "
                        f"or write to another disk")
 
-
-def _reason(err: OSError) -> str:
-    """The fix part of :func:`hp3_core.image_io.write_error` for ``err``."""
-    return str(write_error("", err)).split(": ", 1)[1]
 
 
 def device(option: str, value: str) -> str:

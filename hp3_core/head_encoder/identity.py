@@ -76,6 +76,15 @@ def dlib_detection(detection: str) -> str:
     return "mediapipe" if detection == "insightface" else detection
 
 
+def check_detection(backend: str, detection: str) -> None:
+    """``detection`` must be one the identity ``backend`` can use (dlib's detector is dlib's only)."""
+    if detection not in ALL_DETECTIONS:
+        raise HP3Error(f"unknown face detection '{detection}'; use one of {', '.join(ALL_DETECTIONS)}")
+    if backend == "insightface" and detection not in INSIGHTFACE_DETECTIONS:
+        raise HP3Error(f"face detection '{detection}' works with the dlib identity only; with insightface "
+                       f"use {' or '.join(INSIGHTFACE_DETECTIONS)}")
+
+
 def load_face_analyzer(identity: str = "auto", insightface_folders=None, dlib_folders=None, pack: str = "auto",
                        providers: str = "cpu", detection: str = "insightface") -> FaceAnalyzer:
     """A ready analyzer of the chosen backend (``identity`` auto/insightface/dlib).
@@ -84,14 +93,10 @@ def load_face_analyzer(identity: str = "auto", insightface_folders=None, dlib_fo
     (``dlib``, dlib backend only); with the dlib backend ``insightface`` means MediaPipe.
     """
     backend = resolve_identity(identity, insightface_folders, pack)
-    if detection not in ALL_DETECTIONS:
-        raise HP3Error(f"unknown face detection '{detection}'; use one of {', '.join(ALL_DETECTIONS)}")
+    check_detection(backend, detection)
     if backend == "dlib":
         from .dlib_analysis import DlibFaceAnalyzer
         return DlibFaceAnalyzer(dlib_folders, detection=dlib_detection(detection))
-    if detection not in INSIGHTFACE_DETECTIONS:
-        raise HP3Error(f"face detection '{detection}' works with the dlib identity only; with insightface "
-                       f"use {' or '.join(INSIGHTFACE_DETECTIONS)}")
     from .face_analysis import InsightFaceAnalyzer
     return InsightFaceAnalyzer(insightface_folders, pack=pack, providers=providers, detection=detection)
 
@@ -109,9 +114,8 @@ class IdentityAnalyzerCache:
     def get(self, identity: str = "auto", insightface_folders=None, dlib_folders=None, pack: str = "auto",
             providers: str = "cpu", detection: str = "insightface") -> FaceAnalyzer:
         backend = resolve_identity(identity, insightface_folders, pack)
+        check_detection(backend, detection)
         if backend == "insightface":
-            if detection not in INSIGHTFACE_DETECTIONS:
-                load_face_analyzer(backend, insightface_folders, dlib_folders, pack, providers, detection)
             from .face_analysis import analyzer_cache
             return analyzer_cache.get(insightface_folders, pack=pack, providers=providers, detection=detection)
         from .dlib_analysis import find_dlib_files
